@@ -1,0 +1,12 @@
+from .backbones import Adventurer, PatchViT
+
+__all__ = ['Adventurer', 'PatchViT']
+
+# The linear segmentation head subclasses mmseg's BaseDecodeHead, so it is
+# only available where mmsegmentation is installed.
+try:
+    from .heads import LinearSegHead  # noqa: F401
+except ImportError:
+    pass
+else:
+    __all__.append('LinearSegHead')

@@ -1,0 +1,4 @@
+from .adventurer import Adventurer
+from .vit import PatchViT
+
+__all__ = ['Adventurer', 'PatchViT']

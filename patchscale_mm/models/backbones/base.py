@@ -1,0 +1,201 @@
+"""What ViT and Adventurer share: a patch embedding, one extra token, a
+learned position embedding, a stack of same-width blocks, and the ways
+OpenMMLab heads want to read them (``out_type``, ``out_indices``).
+"""
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import torch
+from mmengine.model import BaseModule
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..layers import PatchEmbed, resample_abs_pos_embed, to_2tuple
+from ..layers.patch_embed import check_patch_grid
+
+
+def resolve_arch(arch: Union[str, dict], arch_zoo: Dict[str, dict],
+                 family: str) -> dict:
+    """Looks ``arch`` up in ``arch_zoo`` (case-insensitive) or validates a
+    dict that has the same keys as the zoo's entries."""
+    required = set(next(iter(arch_zoo.values())))
+    if isinstance(arch, str):
+        key = arch.lower()
+        if key not in arch_zoo:
+            raise ValueError(f'unknown {family} arch {arch!r}; valid archs: '
+                             f'{", ".join(sorted(arch_zoo))}')
+        return dict(arch_zoo[key])
+    if isinstance(arch, dict):
+        missing = required - set(arch)
+        if missing:
+            raise ValueError(f'custom {family} arch dict lacks keys '
+                             f'{sorted(missing)}; required: {sorted(required)}')
+        return dict(arch)
+    raise TypeError(f'arch must be a name or a dict, got {type(arch).__name__}')
+
+
+def init_linear(module: nn.Module):
+    """Truncated-normal (std 0.02) linear weights and zero biases, as in
+    DeiT and Adventurer; use with ``module.apply``."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def linear_drop_path_rates(max_rate: float, num_layers: int) -> list:
+    """Stochastic depth growing linearly from 0 to ``max_rate`` over depth."""
+    return [max_rate * i / max(num_layers - 1, 1) for i in range(num_layers)]
+
+
+def expand_aliases(table: Dict[Sequence[str], dict]) -> Dict[str, dict]:
+    """``{('t', 'tiny'): cfg}`` -> ``{'t': cfg, 'tiny': cfg}``."""
+    return {name: cfg for names, cfg in table.items() for name in names}
+
+
+class PlainBackbone(BaseModule):
+    """Base of single-stage ("plain") backbones at any patch size.
+
+    Subclasses set ``arch_zoo``, ``family`` and ``cls_token_last`` and build
+    ``self.layers`` (an ``nn.ModuleList``) and ``self.norm`` in their
+    constructors after calling this one.
+
+    Args:
+        arch (str | dict): Architecture name from ``arch_zoo`` or a dict.
+        img_size (int | tuple): Training image size; sets the position
+            embedding grid. Other input sizes are accepted at run time (the
+            embedding is interpolated), as long as the patch size divides them.
+        patch_size (int | tuple): Patch size p >= 1 that divides ``img_size``.
+        in_channels (int): Input channels. Defaults to 3.
+        out_indices (int | Sequence[int]): Blocks whose outputs are returned;
+            negative indices count from the end. Defaults to -1.
+        out_type (str): ``'cls_token'`` (B, C), ``'featmap'`` (B, C, H/p, W/p),
+            ``'avg_featmap'`` (B, C), or ``'raw'`` (B, N, C) patch tokens.
+            Defaults to ``'cls_token'``.
+        final_norm (bool): Normalise the last block's output.
+            Defaults to True.
+        drop_rate (float): Dropout after the position embedding.
+            Defaults to 0.
+        with_cp (bool): Recompute each block in backward (activation
+            checkpointing) to trade compute for memory at long sequences.
+            Defaults to False.
+        init_cfg (dict | list, optional): MMEngine initialisation config,
+            e.g. ``dict(type='Pretrained', checkpoint=...)``.
+    """
+    OUT_TYPES = ('cls_token', 'featmap', 'avg_featmap', 'raw')
+    arch_zoo: Dict[str, dict] = {}
+    family = 'backbone'
+    cls_token_last = False
+
+    def __init__(self,
+                 arch: Union[str, dict],
+                 img_size: Union[int, Sequence[int]] = 224,
+                 patch_size: Union[int, Sequence[int]] = 16,
+                 in_channels: int = 3,
+                 out_indices: Union[int, Sequence[int]] = -1,
+                 out_type: str = 'cls_token',
+                 final_norm: bool = True,
+                 drop_rate: float = 0.,
+                 with_cp: bool = False,
+                 init_cfg: Optional[Union[dict, list]] = None):
+        super().__init__(init_cfg=init_cfg)
+        self.arch_settings = resolve_arch(arch, self.arch_zoo, self.family)
+        self.embed_dims = self.arch_settings['embed_dims']
+        self.num_layers = self.arch_settings['num_layers']
+        self.img_size = to_2tuple(img_size, 'img_size')
+        self.patch_size = to_2tuple(patch_size, 'patch_size')
+        self.patch_resolution = check_patch_grid(self.img_size,
+                                                 self.patch_size, 'img_size')
+        if out_type not in self.OUT_TYPES:
+            raise ValueError(f'unknown out_type {out_type!r}; valid: '
+                             f'{", ".join(self.OUT_TYPES)}')
+        self.out_type = out_type
+        self.out_indices = self._normalise_out_indices(out_indices)
+        self.final_norm = final_norm
+        self.with_cp = with_cp
+
+        self.patch_embed = PatchEmbed(self.patch_size, in_channels,
+                                      self.embed_dims)
+        num_patches = self.patch_resolution[0] * self.patch_resolution[1]
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, self.embed_dims))
+        self.pos_embed = nn.Parameter(
+            torch.zeros(1, num_patches + 1, self.embed_dims))
+        self.drop_after_pos = nn.Dropout(drop_rate)
+        nn.init.trunc_normal_(self.pos_embed, std=.02)
+        nn.init.trunc_normal_(self.cls_token, std=.02)
+
+    # -- geometry -------------------------------------------------------------
+    @property
+    def num_extra_tokens(self) -> Tuple[int, int]:
+        """Tokens (before, after) the patch grid."""
+        return (0, 1) if self.cls_token_last else (1, 0)
+
+    def _normalise_out_indices(self, out_indices) -> Tuple[int, ...]:
+        if isinstance(out_indices, int):
+            out_indices = [out_indices]
+        normalised = []
+        for index in out_indices:
+            if not -self.num_layers <= index < self.num_layers:
+                raise ValueError(f'out_indices entry {index} is out of range '
+                                 f'for {self.num_layers} layers')
+            normalised.append(index % self.num_layers)
+        return tuple(normalised)
+
+    def pos_embed_for(self, grid: Tuple[int, int]) -> torch.Tensor:
+        """The position embedding interpolated to a run-time token grid."""
+        before, after = self.num_extra_tokens
+        return resample_abs_pos_embed(
+            self.pos_embed,
+            grid,
+            self.patch_resolution,
+            num_prefix_tokens=before,
+            num_suffix_tokens=after)
+
+    # -- forward --------------------------------------------------------------
+    def embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """Image (B, C, H, W) -> tokens with the class token, positions added."""
+        x, grid = self.patch_embed(x)
+        cls_token = self.cls_token.expand(x.shape[0], -1, -1)
+        x = torch.cat([x, cls_token] if self.cls_token_last else
+                      [cls_token, x], dim=1)
+        return self.drop_after_pos(x + self.pos_embed_for(grid)), grid
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        x, grid = self.embed(x)
+        outs = []
+        for i, layer in enumerate(self.layers):
+            if self.with_cp and self.training and x.requires_grad:
+                x = checkpoint(layer, x, use_reentrant=False)
+            else:
+                x = layer(x)
+            if i == self.num_layers - 1 and self.final_norm:
+                x = self.norm(x)
+            if i in self.out_indices:
+                outs.append(self._format_output(x, grid))
+        return tuple(outs)
+
+    def _format_output(self, x: torch.Tensor, grid: Tuple[int, int]):
+        before, after = self.num_extra_tokens
+        if self.out_type == 'cls_token':
+            return x[:, -1] if self.cls_token_last else x[:, 0]
+        patches = x[:, before:x.shape[1] - after]  # (B, N, C)
+        if self.out_type == 'raw':
+            return patches
+        if self.out_type == 'avg_featmap':
+            return patches.mean(dim=1)
+        B, _, C = patches.shape
+        return patches.transpose(1, 2).reshape(B, C, *grid)
+
+    # -- training helpers -----------------------------------------------------
+    def get_layer_depth(self, param_name: str, prefix: str = ''):
+        """Depth of a parameter for layer-wise lr decay (mmpretrain's
+        ``LearningRateDecayOptimWrapperConstructor``): embeddings 0, block i
+        at i + 1, everything else (final norm, head) last."""
+        num_depths = self.num_layers + 2
+        if not param_name.startswith(prefix):
+            return num_depths - 1, num_depths
+        name = param_name[len(prefix):]
+        if name.startswith(('cls_token', 'pos_embed', 'patch_embed')):
+            return 0, num_depths
+        if name.startswith('layers.'):
+            return int(name.split('.')[1]) + 1, num_depths
+        return num_depths - 1, num_depths

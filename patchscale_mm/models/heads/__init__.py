@@ -1,0 +1,3 @@
+from .linear_seg_head import LinearSegHead
+
+__all__ = ['LinearSegHead']

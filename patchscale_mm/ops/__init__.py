@@ -1,0 +1,3 @@
+from .ssd import ssd_scan, ssd_scan_chunked, ssd_scan_ref
+
+__all__ = ['ssd_scan', 'ssd_scan_ref', 'ssd_scan_chunked']

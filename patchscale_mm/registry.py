@@ -1,0 +1,15 @@
+"""The package's own registries, children of MMEngine's root registries.
+
+Being children of the *root* (not of mmpretrain's, mmseg's or mmdet's) is
+what lets one class serve all three: any downstream registry resolves
+``'patchscale_mm.Adventurer'`` by walking up to the root and down to this
+scope. ``locations`` makes the scope import its modules on first lookup.
+"""
+from mmengine.registry import MODELS as MMENGINE_MODELS
+from mmengine.registry import Registry
+
+MODELS = Registry(
+    'model',
+    parent=MMENGINE_MODELS,
+    scope='patchscale_mm',
+    locations=['patchscale_mm.models'])
