@@ -5,6 +5,7 @@ what lets one class serve all three: any downstream registry resolves
 ``'patchscale_mm.Adventurer'`` by walking up to the root and down to this
 scope. ``locations`` makes the scope import its modules on first lookup.
 """
+from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import Registry
 
@@ -13,3 +14,9 @@ MODELS = Registry(
     parent=MMENGINE_MODELS,
     scope='patchscale_mm',
     locations=['patchscale_mm.models'])
+
+HOOKS = Registry(
+    'hook',
+    parent=MMENGINE_HOOKS,
+    scope='patchscale_mm',
+    locations=['patchscale_mm.engine'])

@@ -35,6 +35,21 @@ if pathlib.Path(patchscale_mm.__file__).resolve().parents[1] != root:
 EOF
 }
 
+# Fashion-MNIST (Debian's dataset-fashion-mnist) is the real data of the
+# tests' fixtures and of the scaling sweep.
+FMNIST=${FASHION_MNIST_ROOT:-/usr/share/datasets/fashion-mnist}
+if [ ! -e "$FMNIST/train-images-idx3-ubyte.gz" ] && [ ! -e "$FMNIST/train-images-idx3-ubyte" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[install] Debian package dataset-fashion-mnist"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      dataset-fashion-mnist >/dev/null
+  else
+    echo "[install] warning: Fashion-MNIST not found in $FMNIST; install Debian's" \
+      "dataset-fashion-mnist or set FASHION_MNIST_ROOT to its idx files" >&2
+  fi
+fi
+
 if installed_ok; then
   echo "[install] patchscale_mm and its requirements are installed"
   exit 0

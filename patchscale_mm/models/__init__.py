@@ -1,6 +1,7 @@
 from .backbones import Adventurer, PatchViT
+from .necks import SimpleFeaturePyramid
 
-__all__ = ['Adventurer', 'PatchViT']
+__all__ = ['Adventurer', 'PatchViT', 'SimpleFeaturePyramid']
 
 # The linear segmentation head subclasses mmseg's BaseDecodeHead, so it is
 # only available where mmsegmentation is installed.

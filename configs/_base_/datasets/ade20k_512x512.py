@@ -1,0 +1,5 @@
+# ADE20k semantic segmentation: mmseg's standard pipeline (random resize of
+# the 2048x512 scale by 0.5-2, 512x512 crops, 150 classes with
+# reduce_zero_label), batch 2 per GPU: 16 on 8 GPUs, as in the paper.
+_base_ = 'mmseg::_base_/datasets/ade20k.py'
+train_dataloader = dict(batch_size=2)

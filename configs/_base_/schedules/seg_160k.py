@@ -1,0 +1,24 @@
+# Paper Sec. 4.1, ADE20k: AdamW lr 5e-5, weight decay 0.01, batch 16
+# (8 GPUs x 2), 160k iterations; linear warmup then poly decay.
+# It includes the default runtime, whose hooks and logs it switches to
+# iterations.
+_base_ = ['./no_weight_decay.py', '../default_runtime.py']
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(
+        type='AdamW', lr=5e-5, betas=(0.9, 0.999), weight_decay=0.01))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0,
+         end=1500),
+    dict(type='PolyLR', power=1.0, eta_min=0.0, by_epoch=False, begin=1500,
+         end=160000),
+]
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=160000,
+                 val_interval=16000)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+default_hooks = dict(
+    checkpoint=dict(by_epoch=False, interval=16000),
+    logger=dict(log_metric_by_epoch=False))
+log_processor = dict(by_epoch=False)
+auto_scale_lr = dict(base_batch_size=16)
