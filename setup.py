@@ -1,3 +1,5 @@
+import os
+import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -13,6 +15,55 @@ def read_requirements(name):
         if line.split('#')[0].strip()
     ]
 
+
+def scan_extensions():
+    """The selective-scan kernels: ``(ext_modules, cmdclass)``.
+
+    The C++ CPU kernel is always built. The CUDA kernel is built only where a
+    GPU is visible or ``PATCHSCALE_FORCE_CUDA=1`` (e.g. a GPU-less image
+    builder), and only with a CUDA torch and toolkit: compiling it takes
+    minutes and nothing on a CPU machine would use it. Either way the package
+    installs; a kernel that is not built falls back to the PyTorch scan.
+    """
+    try:
+        import torch
+        from torch.utils.cpp_extension import (CUDA_HOME, BuildExtension,
+                                               CppExtension, CUDAExtension)
+    except ImportError:
+        print('patchscale_mm: torch not importable at build time (use '
+              'pip install --no-build-isolation); skipping the scan kernels',
+              file=sys.stderr)
+        return [], {}
+    csrc = Path('patchscale_mm', 'ops', 'csrc')
+    cxx = ['-O3', '-g0', '-ffp-contract=fast', '-Wno-psabi']
+    exts = [
+        CppExtension(
+            'patchscale_mm.ops._C',
+            [str(csrc / f) for f in ('ssd_cpu.cpp', 'ssd_cpu_avx512.cpp',
+                                     'ssd_cpu_avx2.cpp', 'ssd_cpu_generic.cpp')],
+            depends=[str(csrc / f) for f in ('ssd_cpu.h', 'ssd_cpu_kernel.h')],
+            extra_compile_args=cxx)
+    ]
+    want_cuda = (torch.cuda.is_available()
+                 or os.environ.get('PATCHSCALE_FORCE_CUDA') == '1')
+    if not want_cuda:
+        print('patchscale_mm: no GPU visible (PATCHSCALE_FORCE_CUDA=1 to force); '
+              'skipping the CUDA scan kernel', file=sys.stderr)
+    elif torch.version.cuda is None or CUDA_HOME is None:
+        print('patchscale_mm: torch without CUDA or no CUDA toolkit (CUDA_HOME); '
+              'skipping the CUDA scan kernel', file=sys.stderr)
+    else:
+        exts.append(
+            CUDAExtension(
+                'patchscale_mm.ops._C_cuda',
+                [str(csrc / 'ssd_cuda.cpp'), str(csrc / 'ssd_cuda.cu')],
+                extra_compile_args=dict(
+                    cxx=['-O3'],
+                    nvcc=['-O3', '-lineinfo'])))
+    return exts, {'build_ext': BuildExtension}
+
+
+ext_modules, cmdclass = scan_extensions()
 
 version = {}
 exec((HERE / 'patchscale_mm' / 'version.py').read_text(), version)
@@ -32,5 +83,7 @@ setup(
         'optional': read_requirements('optional'),
     },
     license='Apache License 2.0',
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
     zip_safe=False,
 )

@@ -32,6 +32,12 @@ import mmcv._ext  # noqa: F401  (the compiled ops mmdet/mmseg need)
 import patchscale_mm
 if pathlib.Path(patchscale_mm.__file__).resolve().parents[1] != root:
     sys.exit(1)
+# The C++ scan kernel, built by `pip install -e .`: missing, or older than
+# its sources, means build again.
+import patchscale_mm.ops._C
+so = pathlib.Path(patchscale_mm.ops._C.__file__).stat().st_mtime
+if any(f.stat().st_mtime > so for f in (root / 'patchscale_mm/ops/csrc').iterdir()):
+    sys.exit(1)
 EOF
 }
 

@@ -16,10 +16,12 @@ Three entry points share one signature:
 * :func:`ssd_scan_chunked` - the chunked matmul form of Mamba-2; memory is
   linear in the sequence length and it is differentiable with plain autograd.
 * :func:`ssd_scan` - the public entry point; validates shapes and dispatches to
-  the fastest available backend.
+  the fastest available backend: this repository's fused C++ kernel on CPU
+  tensors and its CUDA kernel on CUDA tensors (:mod:`.ssd_kernel`).
 """
 import functools
 import os
+import warnings
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -31,7 +33,7 @@ __all__ = ['ssd_scan', 'ssd_scan_ref', 'ssd_scan_chunked']
 ScanOutput = Union[Tensor, Tuple[Tensor, Tensor]]
 
 _NO_DT_LIMIT = (0.0, float('inf'))
-BACKENDS = ('auto', 'torch', 'mamba_ssm')
+BACKENDS = ('auto', 'torch', 'cpp', 'cuda', 'mamba_ssm')
 BACKEND_ENV = 'PATCHSCALE_SCAN_BACKEND'
 
 
@@ -248,15 +250,44 @@ def _load_mamba_ssm():
     return mamba_chunk_scan_combined, None
 
 
+@functools.lru_cache(maxsize=None)
+def _warn_fallback(device_type: str, reason: str):
+    """Warns once per device type that 'auto' fell back to the torch scan."""
+    warnings.warn(f'ssd_scan: no compiled scan kernel for {device_type} tensors, '
+                  f'using the (slower) PyTorch chunked scan: {reason}', stacklevel=4)
+
+
 def _resolve_backend(backend: Optional[str], x: Tensor) -> str:
-    """Maps a requested backend (or the env default) to a concrete one."""
+    """Maps a requested backend (or the env default) to a concrete one.
+
+    ``'auto'`` picks this repository's kernel for the device of ``x`` ('cpp'
+    on CPU, 'cuda' on CUDA). On CUDA without that kernel it keeps using
+    mamba_ssm's Triton kernel when installed; otherwise it warns once and
+    falls back to 'torch'.
+    """
     name = backend if backend is not None else os.environ.get(BACKEND_ENV) or 'auto'
     if name not in BACKENDS:
         raise ValueError(f'ssd_scan: unknown backend {name!r}; valid backends '
                          f'are None, {", ".join(map(repr, BACKENDS))}')
+    from .ssd_kernel import load_kernels
     if name == 'auto':
-        use_mamba = x.is_cuda and _load_mamba_ssm()[0] is not None
-        return 'mamba_ssm' if use_mamba else 'torch'
+        if x.device.type not in ('cpu', 'cuda'):
+            return 'torch'
+        ok, reason = load_kernels(x.device.type)
+        if ok:
+            return 'cpp' if x.device.type == 'cpu' else 'cuda'
+        if x.is_cuda and _load_mamba_ssm()[0] is not None:
+            return 'mamba_ssm'
+        _warn_fallback(x.device.type, reason)
+        return 'torch'
+    if name in ('cpp', 'cuda'):
+        device_type = 'cpu' if name == 'cpp' else 'cuda'
+        if x.device.type != device_type:
+            raise RuntimeError(f'ssd_scan: backend {name!r} needs {device_type} tensors, '
+                               f"got device {x.device}; use backend='auto'")
+        ok, reason = load_kernels(device_type)
+        if not ok:
+            raise RuntimeError(f'ssd_scan: backend {name!r} requested but {reason}')
     if name == 'mamba_ssm':
         fn, reason = _load_mamba_ssm()
         if fn is None:
@@ -316,21 +347,30 @@ def ssd_scan(x: Tensor,
     """Mamba-2 selective scan; the entry point models should call.
 
     Arguments and return values are those of :func:`ssd_scan_chunked`.
+    Every backend computes in fp32 at least (fp64 for fp64 inputs) and
+    returns ``y`` in the dtype of ``x``.
 
     Args:
         backend: ``None`` (use ``$PATCHSCALE_SCAN_BACKEND``, else ``'auto'``),
-            ``'auto'`` (mamba_ssm's Triton kernel for CUDA tensors when it is
-            installed, otherwise the torch chunked scan), ``'torch'`` or
-            ``'mamba_ssm'`` (error if unavailable).
+            ``'auto'`` (this repository's kernel for the device of ``x``; see
+            :func:`_resolve_backend` for the fallbacks), ``'cpp'`` (the fused
+            C++ CPU kernel), ``'cuda'`` (the fused CUDA kernel), ``'torch'``
+            (:func:`ssd_scan_chunked`) or ``'mamba_ssm'`` (its Triton kernel,
+            for comparison). A named backend that cannot run raises.
 
     Raises:
         ValueError: On inconsistent shapes or an unknown backend.
-        RuntimeError: If ``'mamba_ssm'`` is requested but cannot be used.
+        RuntimeError: If a named backend is not built/installed or does not
+            match the device of ``x``.
     """
     _check_inputs(x, dt, A, B, C, D, z, dt_bias, initial_states, chunk_size)
     kwargs = dict(D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
                   dt_limit=tuple(dt_limit), initial_states=initial_states,
                   return_final_states=return_final_states, chunk_size=chunk_size)
-    if _resolve_backend(backend, x) == 'mamba_ssm':
+    name = _resolve_backend(backend, x)
+    if name == 'mamba_ssm':
         return _load_mamba_ssm()[0](x, dt, A, B, C, **kwargs)
+    if name in ('cpp', 'cuda'):
+        from .ssd_kernel import ssd_scan_kernel
+        return ssd_scan_kernel(x, dt, A, B, C, **kwargs)
     return ssd_scan_chunked(x, dt, A, B, C, **kwargs)

@@ -1,0 +1,211 @@
+// Torch glue of the CPU selective-scan kernels and the op schemas.
+//
+// The ops are registered in the `patchscale_mm` library so that the CUDA
+// extension only adds a CUDA implementation of the same schemas and
+// torch.ops.patchscale_mm.ssd_fwd dispatches on the tensors' device.
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include "ssd_cpu.h"
+
+namespace patchscale_ssd {
+namespace {
+
+// The widest kernel set this CPU runs. PATCHSCALE_SSD_CPU_ISA=avx2|generic
+// caps it (for benchmarks and tests of the narrower code paths).
+const KernelSet &kernels() {
+  static const KernelSet ks = [] {
+    const char *env = std::getenv("PATCHSCALE_SSD_CPU_ISA");
+    const std::string cap = env ? env : "";
+#if defined(__x86_64__) || defined(_M_X64)
+    __builtin_cpu_init();
+    const bool fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if ((cap.empty() || cap == "avx512") && fma && __builtin_cpu_supports("avx512f"))
+      return kernels_avx512();
+    if (cap != "generic" && fma) return kernels_avx2();
+#endif
+    return kernels_generic();
+  }();
+  return ks;
+}
+
+const void *ptr_or_null(const c10::optional<at::Tensor> &t) {
+  return t.has_value() && t->defined() ? t->data_ptr() : nullptr;
+}
+
+void check_input(const at::Tensor &t, const char *name, const at::Tensor &like,
+                 at::IntArrayRef shape) {
+  TORCH_CHECK(t.device().is_cpu(), "ssd_scan cpp: ", name, " must be a CPU tensor");
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), "ssd_scan cpp: ", name, " has dtype ",
+              t.scalar_type(), ", expected ", like.scalar_type());
+  TORCH_CHECK(t.is_contiguous(), "ssd_scan cpp: ", name, " must be contiguous");
+  TORCH_CHECK(t.sizes() == shape, "ssd_scan cpp: ", name, " has shape ", t.sizes(),
+              ", expected ", shape);
+}
+
+void check_optional(const c10::optional<at::Tensor> &t, const char *name, const at::Tensor &like,
+                    at::IntArrayRef shape) {
+  if (t.has_value() && t->defined()) check_input(*t, name, like, shape);
+}
+
+SSDParams make_params(const at::Tensor &x, const at::Tensor &dt, const at::Tensor &A,
+                      const at::Tensor &B, const at::Tensor &C,
+                      const c10::optional<at::Tensor> &D, const c10::optional<at::Tensor> &z,
+                      const c10::optional<at::Tensor> &dt_bias,
+                      const c10::optional<at::Tensor> &init, bool dt_softplus, double dt_min,
+                      double dt_max, int64_t chunk_size) {
+  TORCH_CHECK(x.dim() == 4 && B.dim() == 4, "ssd_scan cpp: x and B must be 4-d");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "ssd_scan cpp: computes in float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK(chunk_size >= 1, "ssd_scan cpp: chunk_size must be positive");
+  SSDParams P{};
+  P.batch = x.size(0);
+  P.seqlen = x.size(1);
+  P.nheads = x.size(2);
+  P.headdim = x.size(3);
+  P.ngroups = B.size(2);
+  P.dstate = B.size(3);
+  TORCH_CHECK(P.ngroups > 0 && P.nheads % P.ngroups == 0,
+              "ssd_scan cpp: groups must divide heads");
+  const int64_t b = P.batch, l = P.seqlen, h = P.nheads, p = P.headdim, g = P.ngroups,
+                n = P.dstate;
+  check_input(x, "x", x, {b, l, h, p});
+  check_input(dt, "dt", x, {b, l, h});
+  check_input(A, "A", x, {h});
+  check_input(B, "B", x, {b, l, g, n});
+  check_input(C, "C", x, {b, l, g, n});
+  check_optional(D, "D", x, {h, p});
+  check_optional(z, "z", x, {b, l, h, p});
+  check_optional(dt_bias, "dt_bias", x, {h});
+  check_optional(init, "initial_states", x, {b, h, p, n});
+  P.chunk = chunk_size;
+  P.dt_softplus = dt_softplus;
+  P.dt_min = dt_min;
+  P.dt_max = dt_max;
+  P.dt_clamp = !(dt_min == 0.0 && dt_max == std::numeric_limits<double>::infinity());
+  P.x = x.data_ptr();
+  P.dt = dt.data_ptr();
+  P.A = A.data_ptr();
+  P.B = B.data_ptr();
+  P.C = C.data_ptr();
+  P.D = ptr_or_null(D);
+  P.z = ptr_or_null(z);
+  P.dt_bias = ptr_or_null(dt_bias);
+  P.init = ptr_or_null(init);
+  return P;
+}
+
+void run(const SSDParams &P, bool is_double, bool backward) {
+  const KernelSet &ks = kernels();
+  const KernelFn fn = backward ? (is_double ? ks.bwd_f64 : ks.bwd_f32)
+                               : (is_double ? ks.fwd_f64 : ks.fwd_f32);
+  // One (batch, head) per task: each runs the whole sequence with its state
+  // in cache. at::parallel_for uses torch's own thread pool, so no second
+  // OpenMP runtime competes with it.
+  at::parallel_for(0, P.batch * P.nheads, 1,
+                   [&](int64_t begin, int64_t end) { fn(P, begin, end); });
+}
+
+}  // namespace
+
+// Returns (out, final_states, chunk_states); chunk_states is
+// (b, h, nchunks, n, p), the state entering each chunk, saved for the
+// backward (empty unless save_states).
+std::vector<at::Tensor> ssd_fwd_cpu(const at::Tensor &x, const at::Tensor &dt,
+                                    const at::Tensor &A, const at::Tensor &B,
+                                    const at::Tensor &C, const c10::optional<at::Tensor> &D,
+                                    const c10::optional<at::Tensor> &z,
+                                    const c10::optional<at::Tensor> &dt_bias,
+                                    const c10::optional<at::Tensor> &initial_states,
+                                    bool dt_softplus, double dt_min, double dt_max,
+                                    int64_t chunk_size, bool save_states) {
+  SSDParams P = make_params(x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus, dt_min,
+                            dt_max, chunk_size);
+  const int64_t nchunks = (P.seqlen + P.chunk - 1) / P.chunk;
+  at::Tensor out = at::empty_like(x);
+  at::Tensor fin = at::empty({P.batch, P.nheads, P.headdim, P.dstate}, x.options());
+  at::Tensor ckpt = save_states
+                        ? at::empty({P.batch, P.nheads, nchunks, P.dstate, P.headdim}, x.options())
+                        : at::empty({0}, x.options());
+  P.out = out.data_ptr();
+  P.final_state = fin.data_ptr();
+  P.ckpt = save_states ? ckpt.data_ptr() : nullptr;
+  run(P, x.scalar_type() == at::kDouble, false);
+  return {out, fin, ckpt};
+}
+
+// Returns (dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinitial_states), with
+// empty tensors for inputs that were not given. ddt is w.r.t. the raw dt.
+std::vector<at::Tensor> ssd_bwd_cpu(
+    const at::Tensor &dout, const c10::optional<at::Tensor> &dfinal, const at::Tensor &x,
+    const at::Tensor &dt, const at::Tensor &A, const at::Tensor &B, const at::Tensor &C,
+    const c10::optional<at::Tensor> &D, const c10::optional<at::Tensor> &z,
+    const c10::optional<at::Tensor> &dt_bias, const c10::optional<at::Tensor> &initial_states,
+    const at::Tensor &chunk_states, bool dt_softplus, double dt_min, double dt_max,
+    int64_t chunk_size) {
+  SSDParams P = make_params(x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus, dt_min,
+                            dt_max, chunk_size);
+  const int64_t b = P.batch, l = P.seqlen, h = P.nheads, p = P.headdim, g = P.ngroups,
+                n = P.dstate, nchunks = (l + P.chunk - 1) / P.chunk;
+  check_input(dout, "dout", x, {b, l, h, p});
+  check_optional(dfinal, "dfinal_states", x, {b, h, p, n});
+  check_input(chunk_states, "chunk_states", x, {b, h, nchunks, n, p});
+  const auto opt = x.options();
+  at::Tensor dx = at::empty_like(x), ddt = at::empty_like(dt);
+  at::Tensor dB_h = at::empty({b, l, h, n}, opt), dC_h = at::empty({b, l, h, n}, opt);
+  at::Tensor dA_bh = at::empty({b, h}, opt);
+  const bool has_D = P.D != nullptr, has_z = P.z != nullptr, has_init = P.init != nullptr;
+  at::Tensor dD_bh = has_D ? at::empty({b, h, p}, opt) : at::empty({0}, opt);
+  at::Tensor dz = has_z ? at::empty_like(x) : at::empty({0}, opt);
+  at::Tensor dinit = has_init ? at::empty({b, h, p, n}, opt) : at::empty({0}, opt);
+  P.dout = dout.data_ptr();
+  P.dfinal = ptr_or_null(dfinal);
+  P.ckpt = const_cast<void *>(chunk_states.data_ptr());
+  P.dx = dx.data_ptr();
+  P.ddt = ddt.data_ptr();
+  P.dB = dB_h.data_ptr();
+  P.dC = dC_h.data_ptr();
+  P.dA = dA_bh.data_ptr();
+  P.dD = has_D ? dD_bh.data_ptr() : nullptr;
+  P.dz = has_z ? dz.data_ptr() : nullptr;
+  P.dinit = has_init ? dinit.data_ptr() : nullptr;
+  run(P, x.scalar_type() == at::kDouble, true);
+
+  // Heads of a group share B and C: sum their per-head gradients.
+  at::Tensor dB = g == h ? dB_h.view({b, l, g, n}) : dB_h.view({b, l, g, h / g, n}).sum(3);
+  at::Tensor dC = g == h ? dC_h.view({b, l, g, n}) : dC_h.view({b, l, g, h / g, n}).sum(3);
+  at::Tensor ddt_bias = P.dt_bias ? ddt.sum({0, 1}) : at::empty({0}, opt);
+  return {dx, ddt, dA_bh.sum(0), dB, dC, has_D ? dD_bh.sum(0) : dD_bh, dz, ddt_bias, dinit};
+}
+
+}  // namespace patchscale_ssd
+
+TORCH_LIBRARY(patchscale_mm, m) {
+  m.def(
+      "ssd_fwd(Tensor x, Tensor dt, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, "
+      "Tensor? dt_bias, Tensor? initial_states, bool dt_softplus, float dt_min, float dt_max, "
+      "int chunk_size, bool save_states) -> Tensor[]");
+  m.def(
+      "ssd_bwd(Tensor dout, Tensor? dfinal_states, Tensor x, Tensor dt, Tensor A, Tensor B, "
+      "Tensor C, Tensor? D, Tensor? z, Tensor? dt_bias, Tensor? initial_states, "
+      "Tensor chunk_states, bool dt_softplus, float dt_min, float dt_max, int chunk_size) "
+      "-> Tensor[]");
+}
+
+TORCH_LIBRARY_IMPL(patchscale_mm, CPU, m) {
+  m.impl("ssd_fwd", &patchscale_ssd::ssd_fwd_cpu);
+  m.impl("ssd_bwd", &patchscale_ssd::ssd_bwd_cpu);
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def(
+      "cpu_isa", [] { return std::string(patchscale_ssd::kernels().name); },
+      "Instruction set of the CPU kernels in use: avx512, avx2 or generic.");
+}

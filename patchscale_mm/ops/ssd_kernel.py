@@ -1,0 +1,160 @@
+"""The fused selective-scan kernels of this repository behind one autograd Function.
+
+``patchscale_mm.ops._C`` (C++, built by ``pip install -e .`` on any machine)
+defines the ops ``torch.ops.patchscale_mm.ssd_fwd`` / ``ssd_bwd`` and their
+CPU implementation; ``patchscale_mm.ops._C_cuda`` (built only where CUDA is
+available) adds the CUDA implementation of the same ops, so the op dispatches
+on the tensors' device. Both are imported softly: :func:`load_kernels` says
+why a kernel is missing instead of raising at import time.
+
+The forward saves only the inputs and the state entering every chunk,
+``(b, h, L / chunk_size, n, p)``; the backward recomputes the per-token states
+chunk by chunk and never holds ``(b, L, h, p, n)``.
+"""
+import functools
+import importlib
+import math
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ['load_kernels', 'ssd_scan_kernel', 'SSDScanFn']
+
+
+# torch.compile runs this while tracing and keeps the answer as a constant.
+@torch.compiler.assume_constant_result
+def load_kernels(device_type: str) -> Tuple[bool, Optional[str]]:
+    """Imports the compiled kernel for ``'cpu'`` or ``'cuda'``.
+
+    Returns:
+        ``(True, None)`` when the ops are usable on that device, else
+        ``(False, reason)`` with a one-line reason.
+    """
+    return _load_kernels(device_type)
+
+
+@functools.lru_cache(maxsize=None)
+def _load_kernels(device_type: str) -> Tuple[bool, Optional[str]]:
+    names = {'cpu': ['_C'], 'cuda': ['_C', '_C_cuda']}
+    if device_type not in names:
+        return False, f'no kernel for device type {device_type!r}'
+    for name in names[device_type]:  # _C first: it defines the op schemas
+        try:
+            importlib.import_module(f'patchscale_mm.ops.{name}')
+        except Exception as e:  # ImportError, or an extension built for another torch
+            hint = ('built by `pip install --no-build-isolation -e .` where a GPU '
+                    'is visible or PATCHSCALE_FORCE_CUDA=1' if name == '_C_cuda' else
+                    'built by `pip install --no-build-isolation -e .`')
+            msg = f'{type(e).__name__}: {e}'.splitlines()[0]
+            return False, f'patchscale_mm.ops.{name} is not available ({msg}); it is {hint}'
+    _register_fakes()
+    return True, None
+
+
+@functools.lru_cache(maxsize=None)
+def _register_fakes():
+    """Shape functions of the ops, so they trace under torch.compile."""
+
+    @torch.library.register_fake('patchscale_mm::ssd_fwd')
+    def _fwd(x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus, dt_min,
+             dt_max, chunk_size, save_states):
+        b, l, h, p = x.shape
+        n = B.shape[-1]
+        states = ((b, h, math.ceil(l / chunk_size), n, p) if save_states else (0,))
+        return [x.new_empty(x.shape), x.new_empty((b, h, p, n)), x.new_empty(states)]
+
+    @torch.library.register_fake('patchscale_mm::ssd_bwd')
+    def _bwd(dout, dfinal_states, x, dt, A, B, C, D, z, dt_bias, initial_states,
+             chunk_states, dt_softplus, dt_min, dt_max, chunk_size):
+
+        def like(t):
+            return x.new_empty(t.shape if t is not None else (0,))
+
+        return [like(x), like(dt), like(A), like(B), like(C), like(D), like(z),
+                like(dt_bias), like(initial_states)]
+
+
+def _prepare(x, dt, A, B, C, D, z, dt_bias, initial_states, dtype):
+    """Contiguous tensors in the compute dtype; D as (h, p)."""
+
+    def conv(t):
+        return None if t is None else t.to(dtype).contiguous()
+
+    h, p = x.shape[-2:]
+    if D is not None:
+        D = D.to(dtype)
+        D = (D[:, None].expand(h, p) if D.dim() == 1 else D).contiguous()
+    return (conv(x), conv(dt), conv(A), conv(B), conv(C), D, conv(z), conv(dt_bias),
+            conv(initial_states))
+
+
+class SSDScanFn(torch.autograd.Function):
+    """Fused forward and backward of the scan (see :func:`ssd_scan_kernel`)."""
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus,
+                dt_limit, return_final_states, chunk_size):
+        # fp16/bf16 accumulate in fp32; fp64 stays fp64 (gradcheck).
+        dtype = torch.float32
+        for t in (x, dt, A, B, C):
+            dtype = torch.promote_types(dtype, t.dtype)
+        args = _prepare(x, dt, A, B, C, D, z, dt_bias, initial_states, dtype)
+        out, final, states = torch.ops.patchscale_mm.ssd_fwd(
+            *args, bool(dt_softplus), float(dt_limit[0]), float(dt_limit[1]),
+            int(chunk_size), any(ctx.needs_input_grad))
+        # Save the caller's tensors, not the converted copies: backward converts
+        # again, which is cheaper than holding a second copy of every input.
+        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_states, states)
+        ctx.config = (dtype, bool(dt_softplus), float(dt_limit[0]), float(dt_limit[1]),
+                      int(chunk_size))
+        ctx.set_materialize_grads(False)
+        y = out.to(x.dtype)
+        return (y, final) if return_final_states else y
+
+    @staticmethod
+    def backward(ctx, dout, dfinal=None):
+        x, dt, A, B, C, D, z, dt_bias, initial_states, states = ctx.saved_tensors
+        dtype, dt_softplus, dt_min, dt_max, chunk_size = ctx.config
+        args = _prepare(x, dt, A, B, C, D, z, dt_bias, initial_states, dtype)
+        dout = (torch.zeros_like(args[0]) if dout is None else
+                dout.to(dtype).contiguous())
+        if dfinal is not None:
+            dfinal = dfinal.to(dtype).contiguous()
+        grads = torch.ops.patchscale_mm.ssd_bwd(dout, dfinal, *args, states, dt_softplus,
+                                                 dt_min, dt_max, chunk_size)
+        inputs = (x, dt, A, B, C, D, z, dt_bias, initial_states)
+        out = []
+        for i, (g, t) in enumerate(zip(grads, inputs)):
+            if t is None or not ctx.needs_input_grad[i]:
+                out.append(None)
+                continue
+            if i == 5 and t.dim() == 1:  # D given per head: sum its (h, p) gradient
+                g = g.sum(-1)
+            out.append(g.to(t.dtype))
+        return (*out, None, None, None, None)
+
+
+def ssd_scan_kernel(x: Tensor,
+                    dt: Tensor,
+                    A: Tensor,
+                    B: Tensor,
+                    C: Tensor,
+                    D: Optional[Tensor] = None,
+                    z: Optional[Tensor] = None,
+                    dt_bias: Optional[Tensor] = None,
+                    dt_softplus: bool = False,
+                    dt_limit: Sequence[float] = (0.0, float('inf')),
+                    initial_states: Optional[Tensor] = None,
+                    return_final_states: bool = False,
+                    chunk_size: int = 256):
+    """The compiled scan for the device of ``x``; arguments as
+    :func:`patchscale_mm.ops.ssd_scan_ref`.
+
+    ``chunk_size`` only sets how often the forward saves the state for the
+    backward: the kernels run the exact recurrence, so results do not depend
+    on it beyond rounding. Shapes are not validated here;
+    :func:`patchscale_mm.ops.ssd_scan` does that before dispatching.
+    """
+    return SSDScanFn.apply(x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus,
+                           tuple(dt_limit), return_final_states, chunk_size)

@@ -1,0 +1,331 @@
+"""The compiled selective-scan kernels against the sequential reference."""
+import importlib
+import math
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from patchscale_mm.ops import ssd_scan, ssd_scan_chunked, ssd_scan_ref
+from patchscale_mm.ops.ssd_kernel import load_kernels
+
+ssd_mod = importlib.import_module('patchscale_mm.ops.ssd')
+kernel_mod = importlib.import_module('patchscale_mm.ops.ssd_kernel')
+CSRC = Path(kernel_mod.__file__).parent / 'csrc'
+
+CPP_OK, CPP_REASON = load_kernels('cpu')
+needs_cpp = pytest.mark.skipif(not CPP_OK, reason=f'C++ kernel not built: {CPP_REASON}')
+
+
+def make_inputs(b=2, l=7, h=4, p=3, g=2, n=5, dtype=torch.float64, seed=0,
+                D='head', z=True, dt_bias=True, init=True):
+    gen = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen) * scale).to(dtype)
+
+    inp = dict(
+        x=rnd(b, l, h, p),
+        dt=(torch.rand(b, l, h, generator=gen) * 0.5 + 0.05).to(dtype),
+        A=-(torch.rand(h, generator=gen) * 2 + 0.2).to(dtype),
+        B=rnd(b, l, g, n),
+        C=rnd(b, l, g, n),
+    )
+    if D is not None:
+        inp['D'] = rnd(h) if D == 'head' else rnd(h, p)
+    if z:
+        inp['z'] = rnd(b, l, h, p)
+    if dt_bias:
+        inp['dt_bias'] = rnd(h, scale=0.5)
+    if init:
+        inp['initial_states'] = rnd(b, h, p, n)
+    return inp
+
+
+def run_with_grads(fn, inp, seed=1, **kwargs):
+    """Output, final state and the gradient of every input for one fixed
+    upstream gradient of both outputs."""
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in inp.items()}
+    y, final = fn(**leaves, return_final_states=True, **kwargs)
+    gen = torch.Generator().manual_seed(seed)
+    gy = torch.randn(y.shape, generator=gen).to(y.dtype)
+    gf = torch.randn(final.shape, generator=gen).to(final.dtype)
+    torch.autograd.backward((y, final), (gy, gf))
+    return y, final, {k: v.grad for k, v in leaves.items()}
+
+
+def assert_matches_ref(inp, rtol, atol, ref_inp=None, **kwargs):
+    chunk = kwargs.pop('chunk_size', 256)
+    y, f, g = run_with_grads(ssd_scan, inp, backend='cpp', chunk_size=chunk, **kwargs)
+    y_r, f_r, g_r = run_with_grads(ssd_scan_ref, ref_inp or inp, **kwargs)
+    assert y.dtype == inp['x'].dtype and y.shape == inp['x'].shape
+    torch.testing.assert_close(y, y_r.to(y.dtype), rtol=rtol, atol=atol, msg='y')
+    torch.testing.assert_close(f, f_r.to(f.dtype), rtol=rtol, atol=atol, msg='final_states')
+    assert set(g) == set(inp)
+    for k in g:
+        assert g[k].dtype == inp[k].dtype, k
+        torch.testing.assert_close(g[k], g_r[k].to(g[k].dtype), rtol=rtol, atol=atol,
+                                   msg=lambda m, k=k: f'grad {k}: {m}')
+
+
+# Shapes cover a single token, sequences that are not a multiple of the chunk
+# (and shorter than one chunk), headdim/d_state below, between and above the
+# vector widths (4, 8, 16 lanes), groups 1 and > 1, and every optional input.
+CASES = [
+    # b, l, h, p, g, n, chunk, D, z, dt_bias, init, softplus
+    (2, 1, 4, 3, 2, 5, 4, 'head', True, True, True, True),
+    (2, 7, 4, 3, 2, 5, 4, 'channel', True, True, True, True),
+    (1, 9, 2, 16, 1, 16, 256, None, False, False, False, False),
+    (2, 37, 4, 19, 1, 37, 16, 'head', False, True, True, True),
+    (1, 50, 6, 8, 3, 24, 7, 'channel', True, False, False, True),
+    (2, 33, 2, 64, 2, 64, 32, 'head', True, True, False, False),
+    (1, 70, 1, 5, 1, 70, 20, None, True, True, True, True),
+]
+
+
+@needs_cpp
+@pytest.mark.parametrize('case', CASES, ids=lambda c: 'b{}l{}h{}p{}g{}n{}'.format(*c[:5], c[5]))
+def test_matches_reference_fp64(case):
+    b, l, h, p, g, n, chunk, D, z, dt_bias, init, softplus = case
+    inp = make_inputs(b=b, l=l, h=h, p=p, g=g, n=n, D=D, z=z, dt_bias=dt_bias, init=init,
+                      seed=l)
+    assert_matches_ref(inp, rtol=1e-10, atol=1e-10, chunk_size=chunk, dt_softplus=softplus)
+
+
+@needs_cpp
+@pytest.mark.parametrize('case', CASES[1::2], ids=lambda c: 'b{}l{}h{}p{}g{}n{}'.format(*c[:5], c[5]))
+def test_matches_reference_fp32(case):
+    b, l, h, p, g, n, chunk, D, z, dt_bias, init, softplus = case
+    inp = make_inputs(b=b, l=l, h=h, p=p, g=g, n=n, D=D, z=z, dt_bias=dt_bias, init=init,
+                      seed=l, dtype=torch.float32)
+    ref = {k: v.double() for k, v in inp.items()}
+    assert_matches_ref(inp, rtol=6e-4, atol=2e-3, ref_inp=ref, chunk_size=chunk,
+                       dt_softplus=softplus)
+
+
+@needs_cpp
+def test_dt_limit_and_large_dt():
+    """Clamped steps get no gradient; softplus is the identity past 20."""
+    inp = make_inputs(l=12, p=4, n=6)
+    inp['dt'] = torch.linspace(-3, 25, inp['dt'].numel(), dtype=torch.float64).reshape(
+        inp['dt'].shape)
+    assert_matches_ref(inp, rtol=1e-10, atol=1e-10, chunk_size=5, dt_softplus=True,
+                       dt_limit=(0.1, 22.0))
+
+
+@needs_cpp
+def test_gradcheck():
+    inp = make_inputs(b=1, l=6, h=2, p=3, g=1, n=4, D='channel', seed=4)
+    names = list(inp)
+
+    def f(*args):
+        return ssd_scan(**dict(zip(names, args)), dt_softplus=True, return_final_states=True,
+                        chunk_size=4, backend='cpp')
+
+    leaves = tuple(inp[k].requires_grad_(True) for k in names)
+    assert torch.autograd.gradcheck(f, leaves)
+
+
+@needs_cpp
+def test_closed_form_attention():
+    """y = (L o (C B^T)) (dt x) with L_ij = exp(sum_{k=j+1..i} dt_k A) for i >= j:
+    the quadratic form of SSD, written independently of any recurrence."""
+    inp = make_inputs(b=1, l=9, h=2, p=5, g=1, n=7, D=None, z=False, dt_bias=False,
+                      init=False, seed=3)
+    x, dt, A = inp['x'][0], inp['dt'][0], inp['A']
+    B, C = inp['B'][0, :, 0], inp['C'][0, :, 0]
+    l = x.shape[0]
+    y_exp = torch.zeros_like(x)
+    for hi in range(x.shape[1]):
+        Lmat = torch.zeros(l, l, dtype=x.dtype)
+        for i in range(l):
+            for j in range(i + 1):
+                Lmat[i, j] = math.exp(float(dt[j + 1:i + 1, hi].sum() * A[hi]))
+        y_exp[:, hi] = (Lmat * (C @ B.T)) @ (dt[:, hi, None] * x[:, hi])
+    y = ssd_scan(**inp, chunk_size=4, backend='cpp').squeeze(0)
+    torch.testing.assert_close(y, y_exp, rtol=1e-12, atol=1e-12)
+
+
+@needs_cpp
+def test_bf16_inputs_accumulate_in_fp32():
+    inp = make_inputs(l=40, p=8, n=16, dtype=torch.bfloat16, init=False)
+    y, f, g = run_with_grads(ssd_scan, inp, backend='cpp', dt_softplus=True, chunk_size=16)
+    assert y.dtype == torch.bfloat16 and f.dtype == torch.float32
+    assert all(g[k].dtype == torch.bfloat16 for k in g)
+    # Same bf16 inputs through the fp32-accumulating reference.
+    y_r, f_r = ssd_scan_ref(**inp, dt_softplus=True, return_final_states=True)
+    torch.testing.assert_close(y.float(), y_r.float(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(f, f_r, rtol=1e-4, atol=1e-4)
+
+
+@needs_cpp
+def test_backward_saves_no_per_token_states():
+    b, l, h, p, g, n = 1, 512, 2, 8, 1, 16
+    inp = make_inputs(b=b, l=l, h=h, p=p, g=g, n=n, dtype=torch.float32)
+    leaves = {k: v.requires_grad_(True) for k, v in inp.items()}
+    sizes = []
+
+    def pack(t):
+        sizes.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = ssd_scan(**leaves, dt_softplus=True, chunk_size=64, backend='cpp')
+    # Saved: the inputs and one state per chunk, (b, h, l / 64, n, p).
+    assert sizes and max(sizes) <= max(b * l * h * p, b * h * (l // 64) * n * p)
+    assert sum(sizes) < b * l * h * p * n
+    y.sum().backward()
+
+
+@needs_cpp
+def test_long_sequence_int64_offsets():
+    """Adventurer-B/1's length, batch 2. b * l * h * p * n (the per-token
+    state count, which a kernel indexing per-token states in int32 overflows)
+    passes 2^31. The chunked reference runs the head of the sequence without
+    gradients, then the tail from the head's final state, where the kernel's
+    offsets are largest; values and gradients must agree there."""
+    b, l, h, p, g, n, tail = 2, 50178, 2, 64, 1, 192, 256
+    assert b * l * h * p * n > 2**31 > b * l * h * p
+    gen = torch.Generator().manual_seed(0)
+    inp = dict(x=torch.randn(b, l, h, p, generator=gen),
+               dt=torch.rand(b, l, h, generator=gen) * 0.1,
+               B=torch.randn(b, l, g, n, generator=gen) * 0.3,
+               C=torch.randn(b, l, g, n, generator=gen) * 0.3)
+    per_head = dict(A=-torch.rand(h, generator=gen) - 0.5, D=torch.randn(h, generator=gen))
+    with torch.no_grad():
+        y_head, s_head = ssd_scan_chunked(**{k: v[:, :-tail] for k, v in inp.items()},
+                                          **per_head, return_final_states=True)
+    leaves = {k: v.requires_grad_(True) for k, v in inp.items()}
+    y, final = ssd_scan(**leaves, **per_head, return_final_states=True, backend='cpp')
+    tail_leaves = {k: v.detach()[:, -tail:].requires_grad_(True) for k, v in inp.items()}
+    y_tail, f_tail = ssd_scan_chunked(**tail_leaves, **per_head, initial_states=s_head,
+                                      return_final_states=True)
+    torch.testing.assert_close(y[:, :-tail], y_head, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(y[:, -tail:], y_tail, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(final, f_tail, rtol=1e-4, atol=1e-4)
+    w = torch.randn(y_tail.shape, generator=gen)
+    (y[:, -tail:] * w).sum().backward()
+    (y_tail * w).sum().backward()
+    for k in inp:
+        torch.testing.assert_close(leaves[k].grad[:, -tail:], tail_leaves[k].grad,
+                                   rtol=1e-4, atol=1e-4, msg=lambda m, k=k: f'grad {k}: {m}')
+
+
+# ---------------------------------------------------------------------------
+# Dispatch
+# ---------------------------------------------------------------------------
+@needs_cpp
+def test_auto_dispatches_to_cpp_on_cpu(monkeypatch):
+    inp = make_inputs(l=7, dtype=torch.float32)
+    y_cpp = ssd_scan(**inp, chunk_size=4, backend='cpp')
+    for backend in (None, 'auto'):
+        torch.testing.assert_close(ssd_scan(**inp, chunk_size=4, backend=backend), y_cpp,
+                                   rtol=0, atol=0)
+    monkeypatch.setenv('PATCHSCALE_SCAN_BACKEND', 'cpp')
+    torch.testing.assert_close(ssd_scan(**inp, chunk_size=4), y_cpp, rtol=0, atol=0)
+    assert not torch.equal(y_cpp, ssd_scan(**inp, chunk_size=4, backend='torch'))
+
+
+def test_missing_kernel_falls_back_once_or_raises(monkeypatch):
+    monkeypatch.setattr(kernel_mod, 'load_kernels', lambda device: (False, 'not built (test)'))
+    ssd_mod._warn_fallback.cache_clear()
+    inp = make_inputs(l=5)
+    y_torch = ssd_scan(**inp, backend='torch')
+    with pytest.warns(UserWarning, match='not built'):
+        torch.testing.assert_close(ssd_scan(**inp, backend='auto'), y_torch, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match=r"backend 'cpp' requested but not built") as e:
+        ssd_scan(**inp, backend='cpp')
+    assert '\n' not in str(e.value)
+    ssd_mod._warn_fallback.cache_clear()
+
+
+def test_backend_device_mismatch():
+    inp = make_inputs(l=3)
+    with pytest.raises(RuntimeError, match="backend 'cuda' needs cuda tensors"):
+        ssd_scan(**inp, backend='cuda')
+
+
+@needs_cpp
+def test_torch_compile_traces_the_op():
+    inp = make_inputs(l=9, p=4, n=8, dtype=torch.float32)
+    leaves = {k: v.requires_grad_(True) for k, v in inp.items()}
+
+    def f(**kw):
+        return ssd_scan(**kw, dt_softplus=True, chunk_size=4, backend='cpp')
+
+    y = torch.compile(f, backend='aot_eager', fullgraph=True)(**leaves)
+    torch.testing.assert_close(y, f(**leaves))
+    y.sum().backward()
+    assert all(v.grad is not None for v in leaves.values())
+
+
+@needs_cpp
+@pytest.mark.parametrize('isa', ['avx2', 'generic'])
+def test_narrower_instruction_sets(isa):
+    """The AVX2 and portable code paths, which this CPU would not pick."""
+    script = textwrap.dedent('''
+        import sys, torch
+        sys.path.insert(0, sys.argv[1])
+        from test_ssd_kernel import CASES, assert_matches_ref, make_inputs
+        from patchscale_mm.ops import _C
+        print(_C.cpu_isa())
+        for case in CASES[1:]:
+            b, l, h, p, g, n, chunk, D, z, dt_bias, init, softplus = case
+            inp = make_inputs(b=b, l=l, h=h, p=p, g=g, n=n, D=D, z=z, dt_bias=dt_bias,
+                              init=init, seed=l)
+            assert_matches_ref(inp, rtol=1e-10, atol=1e-10, chunk_size=chunk,
+                               dt_softplus=softplus)
+    ''')
+    env = dict(os.environ, PATCHSCALE_SSD_CPU_ISA=isa, OMP_NUM_THREADS='1')
+    res = subprocess.run([sys.executable, '-c', script, str(Path(__file__).parent)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    cpu_has_avx2 = 'avx2' in Path('/proc/cpuinfo').read_text() if Path(
+        '/proc/cpuinfo').exists() else False
+    if isa == 'generic' or cpu_has_avx2:
+        assert res.stdout.split()[0] == isa
+
+
+# ---------------------------------------------------------------------------
+# Adventurer's mixer
+# ---------------------------------------------------------------------------
+@needs_cpp
+def test_adventurer_mixer_kernel_matches_reference(monkeypatch):
+    from patchscale_mm.models.layers import Mamba2Mixer
+    mamba2 = importlib.import_module('patchscale_mm.models.layers.mamba2')
+    torch.manual_seed(0)
+    mixer = Mamba2Mixer(64, d_state=16, headdim=16, chunk_size=8).double()
+    u = torch.randn(2, 21, 64, dtype=torch.float64)
+
+    def outputs_and_grads():
+        mixer.zero_grad()
+        uu = u.clone().requires_grad_(True)
+        y = mixer(uu)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)).sum().backward()
+        grads = {k: p.grad.clone() for k, p in mixer.named_parameters()}
+        return y.detach(), uu.grad, grads
+
+    calls, kernel = [], kernel_mod.ssd_scan_kernel
+
+    def spy_kernel(*args, **kwargs):
+        calls.append(1)
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(kernel_mod, 'ssd_scan_kernel', spy_kernel)
+    y_k, gu_k, g_k = outputs_and_grads()  # the default dispatch: the C++ kernel
+    assert calls, 'the mixer did not reach the compiled kernel'
+
+    def ref(x, dt, A, B, C, chunk_size=256, backend=None, **kw):
+        return ssd_scan_ref(x, dt, A, B, C, **kw)
+
+    monkeypatch.setattr(mamba2, 'ssd_scan', ref)
+    y_r, gu_r, g_r = outputs_and_grads()
+    torch.testing.assert_close(y_k, y_r, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gu_k, gu_r, rtol=1e-10, atol=1e-10)
+    for k in g_r:
+        torch.testing.assert_close(g_k[k], g_r[k], rtol=1e-10, atol=1e-10, msg=k)
