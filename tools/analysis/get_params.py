@@ -9,27 +9,16 @@ printed beside ours.
 """
 import argparse
 
-import torch
+# The counting lives in the analysis package, shared with get_flops.py.
+from patchscale_mm.analysis.cost_model import ARCHS, FAMILIES, count_params
 
-from patchscale_mm.models import Adventurer, PatchViT
-
-FAMILIES = {'deit': PatchViT, 'adventurer': Adventurer}
-ARCHS = ('t', 's', 'b', 'l', 'h')
 # Paper Table 7, millions of parameters at patch 16 with a 1000-class head.
 PAPER_PARAMS_M = {
     'deit': dict(t=5, s=22, b=86, l=304, h=631),
     'adventurer': dict(t=12, s=44, b=99, l=346, h=759),
 }
 
-
-def count_params(family: str, arch: str, img_size: int, patch_size: int,
-                 num_classes: int = 1000) -> int:
-    """Backbone parameters plus a ``Linear(embed_dims, num_classes)`` head."""
-    with torch.device('meta'):
-        backbone = FAMILIES[family](
-            arch=arch, img_size=img_size, patch_size=patch_size)
-    head = backbone.embed_dims * num_classes + num_classes if num_classes else 0
-    return sum(p.numel() for p in backbone.parameters()) + head
+__all__ = ['ARCHS', 'FAMILIES', 'PAPER_PARAMS_M', 'count_params']
 
 
 def main():
