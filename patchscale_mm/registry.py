@@ -6,6 +6,7 @@ what lets one class serve all three: any downstream registry resolves
 scope. ``locations`` makes the scope import its modules on first lookup.
 """
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
+from mmengine.registry import METRICS as MMENGINE_METRICS
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import Registry
 
@@ -20,3 +21,9 @@ HOOKS = Registry(
     parent=MMENGINE_HOOKS,
     scope='patchscale_mm',
     locations=['patchscale_mm.engine'])
+
+METRICS = Registry(
+    'metric',
+    parent=MMENGINE_METRICS,
+    scope='patchscale_mm',
+    locations=['patchscale_mm.evaluation'])

@@ -12,7 +12,9 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / 'configs').glob('[!_]*/*.py'))
+ZOO = ('cls', 'seg', 'det')
+CONFIGS = sorted(p for task in ZOO for p in (ROOT / 'configs' / task).glob('*.py'))
+SWEEP_CONFIGS = sorted((ROOT / 'configs' / 'sweep').glob('*.py'))
 REGISTRIES = dict(
     mmpretrain='mmpretrain.registry',
     mmseg='mmseg.registry',
@@ -35,17 +37,28 @@ def test_generated_configs_are_up_to_date():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-@pytest.mark.parametrize(
-    'path', CONFIGS, ids=[p.relative_to(ROOT / 'configs').as_posix()
-                          for p in CONFIGS])
-def test_config_builds_model(path):
+def build_on_meta(path):
     cfg = Config.fromfile(str(path))
     init_default_scope(cfg.default_scope)
     registry = importlib.import_module(REGISTRIES[cfg.default_scope]).MODELS
     # The meta device builds even Huge at pixel tokens without memory.
     with torch.device('meta'):
-        model = registry.build(cfg.model)
-    backbone = model.backbone
+        return registry.build(cfg.model)
+
+
+@pytest.mark.parametrize('path', SWEEP_CONFIGS, ids=lambda p: p.name)
+def test_sweep_config_builds_model(path):
+    backbone = build_on_meta(path).backbone
+    family = 'PatchViT' if path.stem.endswith('_vit') else 'Adventurer'
+    assert type(backbone).__name__ == family
+    assert backbone.embed_dims == 64 and backbone.num_layers == 4
+
+
+@pytest.mark.parametrize(
+    'path', CONFIGS, ids=[p.relative_to(ROOT / 'configs').as_posix()
+                          for p in CONFIGS])
+def test_config_builds_model(path):
+    backbone = build_on_meta(path).backbone
     expected = NAME.match(path.name)
     assert backbone.patch_size == (int(expected['patch']), ) * 2
     family = dict(deit='PatchViT', adv='Adventurer')[expected['family']]

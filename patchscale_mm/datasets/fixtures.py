@@ -32,11 +32,14 @@ def make_imagenet_fixture(root: str,
                           num_val: int = 20,
                           img_size: int = 28,
                           seed: int = 0,
-                          fmnist_root: str = None) -> Path:
+                          fmnist_root: str = None,
+                          pad_to: int = None) -> Path:
     """Fashion-MNIST classification in ImageNet's folder + ann-file layout.
 
     ``None`` counts take the whole split (60,000 train / 10,000 test).
-    ``img_size`` other than 28 resizes bilinearly (e.g. 32 or 64).
+    ``img_size`` other than 28 resizes bilinearly (e.g. 64); ``pad_to``
+    instead centres the unchanged pixels on a black canvas (28 -> 32 keeps
+    every pixel and makes patch sizes 8, 4, 2 and 1 divide the image).
     """
     splits = {}
     for split, source, count in (('train', 'train', num_train),
@@ -47,6 +50,10 @@ def make_imagenet_fixture(root: str,
                 cv2.resize(im, (img_size, img_size),
                            interpolation=cv2.INTER_LINEAR) for im in images
             ])
+        if pad_to:
+            before = (pad_to - images.shape[1]) // 2
+            after = pad_to - images.shape[1] - before
+            images = np.pad(images, ((0, 0), (before, after), (before, after)))
         splits[split] = (images, labels)
     return write_imagenet_folder(root, splits, FASHION_MNIST_CLASSES)
 

@@ -1,0 +1,3 @@
+from .test_loss import ClsTestLoss, SegTestLoss
+
+__all__ = ['ClsTestLoss', 'SegTestLoss']

@@ -1,0 +1,254 @@
+"""The patch-size scaling sweep: the same small ViT and Adventurer trained at
+several patch sizes through the real OpenMMLab Runners, evaluated on
+held-out data, with a power law fitted to test loss against patch size.
+
+Each run is ``tools/train.py`` on a config that inherits a shipped sweep
+config (``configs/sweep/``) and overrides only the patch size, the number of
+steps and the data, written into the run's folder so it can be rerun alone.
+Results are appended to ``results.json`` after every run, and a rerun of the
+sweep skips the runs already there.
+"""
+import csv
+import json
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP_CONFIGS = ROOT / 'configs' / 'sweep'
+FAMILIES = {'vit': 'vit', 'deit': 'vit', 'adventurer': 'adv', 'adv': 'adv'}
+TASKS = ('seg', 'cls')
+# What each task reports: (metric key in MMEngine's scalars, its name).
+TASK_METRIC = {'seg': ('mIoU', 'mIoU'), 'cls': ('accuracy/top1', 'top1')}
+PROGRESS = re.compile(r'Iter\(train\)\s*\[\s*(\d+)/(\d+)\].*?loss: ([\d.]+)')
+RESULT_KEYS = ('task', 'family', 'patch', 'tokens', 'params', 'flops',
+               'steps', 'batch_size', 'test_loss', 'metric', 'metric_name',
+               'seconds')
+
+
+@dataclass
+class Run:
+    """One training run of the sweep."""
+    task: str
+    family: str  # 'vit' or 'adventurer'
+    patch: int
+    steps: int
+    img_size: int = 32
+
+    @property
+    def name(self) -> str:
+        return f'{self.task}_{self.family}_p{self.patch}'
+
+    @property
+    def base_config(self) -> Path:
+        short = FAMILIES[self.family]
+        return SWEEP_CONFIGS / f'fmnist_{self.task}_{short}.py'
+
+    @property
+    def tokens(self) -> int:
+        return (self.img_size // self.patch)**2
+
+
+def plan_runs(tasks: Sequence[str], families: Sequence[str],
+              patches: Dict[str, Sequence[int]], steps: Dict[str, int],
+              img_size: int = 32) -> List[Run]:
+    """Runs in the order they execute: per task, per family, large patches
+    first (cheap runs give early results)."""
+    runs = []
+    for task in tasks:
+        if task not in TASKS:
+            raise ValueError(f'unknown task {task!r}; valid: {TASKS}')
+        if steps[task] < 1:
+            raise ValueError(f'{task} steps must be >= 1, got {steps[task]}')
+        for family in families:
+            if family not in FAMILIES:
+                raise ValueError(f'unknown family {family!r}; valid: vit, '
+                                 'adventurer')
+            family = 'vit' if FAMILIES[family] == 'vit' else 'adventurer'
+            for patch in sorted(patches[task], reverse=True):
+                if patch < 1 or img_size % patch:
+                    raise ValueError(
+                        f'patch size {patch} does not divide the {img_size}px '
+                        f'images of the {task} task; use divisors of '
+                        f'{img_size}')
+                runs.append(Run(task, family, patch, steps[task], img_size))
+    return runs
+
+
+def run_config(run: Run, data_root: str, batch_size: Optional[int] = None,
+               num_classes: Optional[int] = None,
+               train_limit: Optional[int] = None,
+               val_limit: Optional[int] = None) -> str:
+    """The text of the run's config: the sweep config plus overrides."""
+    model = dict(backbone=dict(patch_size=run.patch))
+    if num_classes:  # a user's classification data set
+        model['head'] = dict(num_classes=num_classes)
+    train = dict(dataset=dict(data_root=data_root))
+    val = dict(dataset=dict(data_root=data_root))
+    if batch_size:
+        train['batch_size'] = batch_size
+    if train_limit:  # MMEngine datasets keep the first ``indices`` samples
+        train['dataset']['indices'] = train_limit
+    if val_limit:
+        val['dataset']['indices'] = val_limit
+    lines = [
+        f"_base_ = '{run.base_config.as_posix()}'",
+        f'model = {model!r}',
+        "param_scheduler = [dict(type='OneCycleLR', eta_max=2e-3, "
+        f'total_steps={run.steps}, pct_start=0.1, by_epoch=False)]',
+        f'train_cfg = dict(max_iters={run.steps}, val_interval={run.steps})',
+        f'default_hooks = dict(checkpoint=dict(interval={run.steps}), '
+        f'logger=dict(interval={max(1, min(50, run.steps // 10))}))',
+        f'train_dataloader = {train!r}',
+        f'val_dataloader = {val!r}',
+        'test_dataloader = val_dataloader',
+    ]
+    if num_classes:
+        lines.append(f'data_preprocessor = dict(num_classes={num_classes})')
+    return '\n'.join(lines) + '\n'
+
+
+def read_final_metrics(work_dir: Path) -> dict:
+    """The last validation entry of the run's ``vis_data/scalars.json``."""
+    scalars = sorted(work_dir.glob('*/vis_data/scalars.json'))
+    if not scalars:
+        raise FileNotFoundError(f'no vis_data/scalars.json under {work_dir}')
+    final = {}
+    for line in scalars[-1].read_text().splitlines():
+        entry = json.loads(line)
+        if 'test/loss' in entry:
+            final = entry
+    if not final:
+        raise ValueError(f'{scalars[-1]} has no validation entry with '
+                         'test/loss')
+    return final
+
+
+def count_params_and_flops(run: Run, config: Path) -> tuple:
+    """Parameters of the built model and analytic forward FLOPs per image."""
+    import importlib
+
+    import torch
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    from patchscale_mm.analysis.cost_model import flops_breakdown
+    cfg = Config.fromfile(str(config))
+    init_default_scope(cfg.default_scope)
+    registry = importlib.import_module(f'{cfg.default_scope}.registry')
+    with torch.device('meta'):
+        model = registry.MODELS.build(cfg.model)
+    params = sum(p.numel() for p in model.parameters())
+    backbone = cfg.model.backbone
+    family = 'deit' if 'PatchViT' in backbone.type else 'adventurer'
+    flops = sum(
+        flops_breakdown(family, dict(backbone.arch), run.img_size, run.patch,
+                        num_classes=0,
+                        mixer_cfg=backbone.get('mixer_cfg')).values())
+    width = backbone.arch['embed_dims']
+    if run.task == 'seg':  # a linear classifier per token
+        flops += 2 * run.tokens * width * cfg.model.decode_head.num_classes
+    else:
+        flops += 2 * width * cfg.model.head.num_classes
+    return params, flops
+
+
+def train(run: Run, config: Path, work_dir: Path, log) -> float:
+    """Runs tools/train.py, echoing its training progress; returns seconds."""
+    start = time.time()
+    cmd = [sys.executable, str(ROOT / 'tools' / 'train.py'), str(config),
+           '--work-dir', str(work_dir)]
+    with open(work_dir / 'train.log', 'w') as out:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            for line in proc.stdout:
+                out.write(line)
+                progress = PROGRESS.search(line)
+                if progress:
+                    step, total, loss = progress.groups()
+                    log(f'    {run.name}: step {step}/{total}  loss {loss}  '
+                        f'{time.time() - start:.0f}s')
+            code = proc.wait()
+        finally:  # an interrupted sweep must not leave its run training
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    if code:
+        raise RuntimeError(f'{run.name} failed (exit {code}); see '
+                           f'{work_dir / "train.log"}')
+    return time.time() - start
+
+
+def load_results(path: Path) -> List[dict]:
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def save_results(records: List[dict], work_dir: Path):
+    """results.json and results.csv, written atomically (temp + rename)."""
+    tmp = work_dir / 'results.json.tmp'
+    tmp.write_text(json.dumps(records, indent=1))
+    tmp.replace(work_dir / 'results.json')
+    tmp = work_dir / 'results.csv.tmp'
+    with open(tmp, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=RESULT_KEYS,
+                                extrasaction='ignore')
+        writer.writeheader()
+        writer.writerows(records)
+    tmp.replace(work_dir / 'results.csv')
+
+
+def format_table(records: Sequence[dict]) -> str:
+    header = ('task', 'family', 'patch', 'tokens', 'params', 'GFLOPs',
+              'steps', 'test loss', 'metric', 'wall s')
+    rows = [header]
+    for r in records:
+        rows.append((r['task'], r['family'], str(r['patch']),
+                     f"{r['tokens']:,}", f"{r['params'] / 1e6:.3f}M",
+                     f"{r['flops'] / 1e9:.3f}", str(r['steps']),
+                     f"{r['test_loss']:.4f}",
+                     f"{r['metric_name']} {r['metric']:.2f}",
+                     f"{r['seconds']:.0f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return '\n'.join('  '.join(cell.rjust(w) for cell, w in zip(row, widths))
+                     for row in rows)
+
+
+def fit_and_plot(records: Sequence[dict], work_dir: Path, log) -> dict:
+    """Fits loss = a * p^b and loss = c + a * p^b per (task, family) with
+    at least 2 (resp. 4) patch sizes; writes scaling_law.png."""
+    from patchscale_mm.analysis.scaling_law import (fit_offset_power_law,
+                                                    fit_power_law,
+                                                    group_records,
+                                                    plot_scaling_law)
+    fits, summary = {}, {}
+    for (task, family), group in sorted(group_records(records).items()):
+        patches = [r['patch'] for r in group]
+        losses = [r['test_loss'] for r in group]
+        if len(set(patches)) < 2:
+            continue
+        fit = fit_power_law(patches, losses)
+        fits[(task, family)] = fit
+        line = (f'  {task} {family}: loss = {fit.a:.4g} * p^{fit.b:.3f} '
+                f'(b ± {fit.se_b:.3f}, R² {fit.r2:.3f})')
+        summary[f'{task}/{family}'] = dict(a=fit.a, b=fit.b, se_b=fit.se_b,
+                                           r2=fit.r2)
+        if len(set(patches)) >= 4:
+            try:
+                off = fit_offset_power_law(patches, losses)
+                line += (f'; with offset: {off.c:.4g} + {off.a:.4g} * '
+                         f'p^{off.b:.3f} (R² {off.r2:.3f})')
+                summary[f'{task}/{family}'].update(
+                    offset=dict(a=off.a, b=off.b, c=off.c, r2=off.r2))
+            except (RuntimeError, ValueError) as e:
+                line += f'; offset fit failed ({e})'
+        log(line)
+    if fits:
+        plot = plot_scaling_law(records, fits, work_dir / 'scaling_law.png')
+        log(f'plot: {plot}')
+    (work_dir / 'fits.json').write_text(json.dumps(summary, indent=1))
+    return fits

@@ -1,0 +1,81 @@
+"""The scaling sweep end to end on a tiny slice, through the same code path
+as the default run (tools/train.py, the Runners, the fit and the plot)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from patchscale_mm import sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sweep_cli(*args, timeout=600):
+    return subprocess.run([sys.executable, 'tools/patch_scaling_sweep.py',
+                           *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_sweep_end_to_end(tmp_path):
+    tiny = ['--work-dir', tmp_path / 'sweep', '--data-cache', tmp_path,
+            '--families', 'adventurer', '--seg-patches', 8, 4,
+            '--cls-patches', 8, 4, '--seg-steps', 3, '--cls-steps', 3,
+            '--batch-size', 8, '--num-scenes', 48, 16, '--train-limit', 48,
+            '--val-limit', 16]
+    out = sweep_cli(*tiny)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    records = json.loads((tmp_path / 'sweep' / 'results.json').read_text())
+    assert [(r['task'], r['patch']) for r in records] == [
+        ('seg', 8), ('seg', 4), ('cls', 8), ('cls', 4)]
+    for r in records:
+        for key in ('task', 'family', 'patch', 'test_loss', 'metric',
+                    'steps', 'seconds'):
+            assert key in r
+        assert r['family'] == 'adventurer' and r['steps'] == 3
+        assert r['tokens'] == (32 // r['patch'])**2
+        assert 0 < r['test_loss'] < 10 and 0 <= r['metric'] <= 100
+        # The run's own logs and config stay beside the result.
+        assert (Path(r['work_dir']) / 'train.log').is_file()
+    assert (tmp_path / 'sweep' / 'scaling_law.png').stat().st_size > 0
+    fits = json.loads((tmp_path / 'sweep' / 'fits.json').read_text())
+    assert set(fits) == {'seg/adventurer', 'cls/adventurer'}
+    assert 'test loss' in out.stdout and 'power-law fits' in out.stdout
+
+    # A second call reuses the finished runs instead of training again.
+    again = sweep_cli(*tiny)
+    assert again.returncode == 0
+    assert again.stdout.count('already in results.json') == 4
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--seg-patches', 5], 'patch size 5 does not divide the 32px images'),
+    (['--data-root', '/nonexistent/folder', '--tasks', 'cls'],
+     '--data-root /nonexistent/folder is not a folder'),
+    (['--cls-steps', 0], 'steps must be >= 1'),
+])
+def test_bad_arguments_fail_before_any_work(tmp_path, args, message):
+    out = sweep_cli('--work-dir', tmp_path / 'w', '--data-cache',
+                    tmp_path / 'data', *args, timeout=120)
+    assert out.returncode != 0
+    assert message in out.stderr
+    assert not (tmp_path / 'data').exists()  # no data were written
+
+
+def test_run_config_overrides_only_patch_steps_and_data(tmp_path):
+    run = sweep.Run('seg', 'vit', 4, steps=10)
+    text = sweep.run_config(run, '/data/scenes', batch_size=16)
+    path = tmp_path / 'run.py'
+    path.write_text(text)
+    from mmengine.config import Config
+    cfg = Config.fromfile(str(path))
+    assert cfg.model.backbone.type == 'patchscale_mm.PatchViT'
+    assert cfg.model.backbone.patch_size == 4
+    assert cfg.train_cfg.max_iters == 10
+    assert cfg.param_scheduler[0].total_steps == 10
+    assert cfg.train_dataloader.batch_size == 16
+    assert cfg.val_dataloader.dataset.data_root == '/data/scenes'
+    # The rest comes from the shipped sweep config.
+    assert cfg.model.backbone.arch.embed_dims == 64
+    assert cfg.model.decode_head.type == 'patchscale_mm.LinearSegHead'
