@@ -633,23 +633,6 @@ def _zero_flop_jit(inputs: list, outputs: list) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def _traceable_patch_grid():
-    # Under torch.jit.trace, ``x.shape`` holds traced 0-dim tensors, which
-    # PatchEmbed's int-only size check rejects; cast them while counting.
-    from patchscale_mm.models.layers import patch_embed
-    check = patch_embed.check_patch_grid
-
-    def check_with_ints(size, *args, **kwargs):
-        return check(tuple(int(s) for s in size), *args, **kwargs)
-
-    patch_embed.check_patch_grid = check_with_ints
-    try:
-        yield
-    finally:
-        patch_embed.check_patch_grid = check
-
-
 def count_flops_mmengine(model: torch.nn.Module,
                          inputs: torch.Tensor,
                          scan_ops: Optional[Dict[str, str]] = None) -> int:
@@ -671,7 +654,7 @@ def count_flops_mmengine(model: torch.nn.Module,
     was_training = model.training
     model.eval()
     try:
-        with _traceable_patch_grid(), torch.no_grad():
+        with torch.no_grad():
             analyzer = FlopAnalyzer(model, inputs)
             analyzer.set_op_handle('aten::scaled_dot_product_attention',
                                    sdpa_flop_jit)

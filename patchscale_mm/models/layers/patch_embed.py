@@ -1,4 +1,5 @@
 """Patchification: the only spatial compression in a plain backbone."""
+import operator
 from typing import Sequence, Tuple, Union
 
 import torch
@@ -8,11 +9,19 @@ IntOrPair = Union[int, Sequence[int]]
 
 
 def to_2tuple(value: IntOrPair, name: str = 'value') -> Tuple[int, int]:
-    """``8`` -> ``(8, 8)``; a pair is validated and returned as a tuple."""
-    if isinstance(value, int):
-        return value, value
-    pair = tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
+    """``8`` -> ``(8, 8)``; a pair is validated and returned as a tuple.
+
+    Anything integer-like is accepted (``operator.index``), which includes
+    the 0-dim tensors that ``x.shape`` holds under ``torch.jit.trace``.
+    """
+    try:
+        if not isinstance(value, (Sequence, torch.Size)):
+            side = operator.index(value)
+            return side, side
+        pair = tuple(operator.index(v) for v in value)
+    except TypeError:
+        pair = ()
+    if len(pair) != 2:
         raise ValueError(f'{name} must be an int or a pair of ints, '
                          f'got {value!r}')
     return pair
