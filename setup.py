@@ -56,7 +56,8 @@ def scan_extensions():
         exts.append(
             CUDAExtension(
                 'patchscale_mm.ops._C_cuda',
-                [str(csrc / 'ssd_cuda.cpp'), str(csrc / 'ssd_cuda.cu')],
+                [str(csrc / 'ssd_cuda.cpp'), str(csrc / 'ssd_cuda_kernel.cu')],
+                depends=[str(csrc / 'ssd_cuda.h')],
                 extra_compile_args=dict(
                     cxx=['-O3'],
                     nvcc=['-O3', '-lineinfo'])))

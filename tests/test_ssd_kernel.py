@@ -329,3 +329,86 @@ def test_adventurer_mixer_kernel_matches_reference(monkeypatch):
     torch.testing.assert_close(gu_k, gu_r, rtol=1e-10, atol=1e-10)
     for k in g_r:
         torch.testing.assert_close(g_k[k], g_r[k], rtol=1e-10, atol=1e-10, msg=k)
+
+
+# ---------------------------------------------------------------------------
+# CUDA kernel: compile-checked here, run by tools/analysis/check_cuda_scan.py
+# ---------------------------------------------------------------------------
+def _cuda_include():
+    """The CUDA toolkit's include folder, or None."""
+    roots = [os.environ.get('CUDA_HOME'), os.environ.get('CUDA_PATH'), '/usr/local/cuda']
+    nvcc = shutil.which('nvcc')
+    if nvcc:
+        roots.append(str(Path(nvcc).resolve().parents[1]))
+    for root in filter(None, roots):
+        if (Path(root) / 'include' / 'cuda_runtime_api.h').exists():
+            return str(Path(root) / 'include')
+    return None
+
+
+@pytest.mark.skipif(shutil.which('nvcc') is None, reason='nvcc not found')
+def test_cuda_kernels_compile(tmp_path):
+    """nvcc compiles the kernels (sm_90, -O1: a check, not a build; the kernel
+    file includes no torch headers, so this takes seconds)."""
+    res = subprocess.run(
+        ['nvcc', '-O1', '-std=c++17', '-arch=sm_90', '-c', str(CSRC / 'ssd_cuda_kernel.cu'),
+         '-o', str(tmp_path / 'ssd_cuda_kernel.o')],
+        capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / 'ssd_cuda_kernel.o').stat().st_size > 0
+
+
+@pytest.mark.skipif(_cuda_include() is None or torch.version.cuda is None,
+                    reason='needs the CUDA toolkit headers and a CUDA build of torch')
+def test_cuda_glue_compiles():
+    """The torch side of the CUDA extension parses against this torch."""
+    from torch.utils import cpp_extension
+    import sysconfig
+    cxx = os.environ.get('CXX', 'c++')
+    cmd = [cxx, '-fsyntax-only', '-std=c++20', '-DTORCH_API_INCLUDE_EXTENSION_H',
+           '-DTORCH_EXTENSION_NAME=_C_cuda', f'-I{_cuda_include()}',
+           f'-I{sysconfig.get_paths()["include"]}', str(CSRC / 'ssd_cuda.cpp')]
+    cmd[2:2] = [f'-I{p}' for p in cpp_extension.include_paths()]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+# ---------------------------------------------------------------------------
+# The benchmark and check scripts (tiny settings; speed is not asserted)
+# ---------------------------------------------------------------------------
+def _load_tool(name):
+    path = Path(__file__).parents[1] / 'tools' / 'analysis' / f'{name}.py'
+    spec = importlib.util.spec_from_file_location(f'_tool_{name}', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_check_cuda_scan_without_gpu(monkeypatch):
+    tool = _load_tool('check_cuda_scan')
+    args = tool.parse_args(['--lengths', '3136', '--no-mamba'])
+    assert args.lengths == [3136] and args.no_mamba and args.chunk == 256
+    assert tool.parse_args([]).lengths == [3136, 50176]
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    with pytest.raises(SystemExit) as e:
+        tool.main([])
+    assert 'no CUDA device' in str(e.value.code) and '\n' not in str(e.value.code)
+
+
+@needs_cpp
+def test_benchmark_scan_smoke(capsys):
+    _load_tool('benchmark_scan').main(
+        ['--lengths', '16', '40', '--ref-max-len', '16', '--mixer-lengths', '24', '--repeats',
+         '1', '--heads', '2', '--headdim', '8', '--dstate', '8', '--chunk', '8', '--threads',
+         '1'])
+    out = capsys.readouterr().out
+    assert '| 40 | reference | ~' in out  # extrapolated past --ref-max-len
+    assert '| 40 | C++ kernel |' in out and '| 24 | ours, C++ kernel |' in out
+
+
+def test_benchmark_backbones_smoke(capsys):
+    _load_tool('benchmark_backbones').main(
+        ['--arch', 't', '--img-size', '32', '--patch-sizes', '8', '4', '--threads', '1'])
+    out = capsys.readouterr().out
+    assert '| 8 | 16 + 1 | Adventurer-t |' in out and '| 4 | 0.70 |' not in out
+    assert out.count('DeiT (PatchViT)-t') == 2

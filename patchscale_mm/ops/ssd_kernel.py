@@ -11,9 +11,7 @@ The forward saves only the inputs and the state entering every chunk,
 ``(b, h, L / chunk_size, n, p)``; the backward recomputes the per-token states
 chunk by chunk and never holds ``(b, L, h, p, n)``.
 """
-import functools
 import importlib
-import math
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -22,20 +20,7 @@ from torch import Tensor
 __all__ = ['load_kernels', 'ssd_scan_kernel', 'SSDScanFn']
 
 
-# torch.compile runs this while tracing and keeps the answer as a constant.
-@torch.compiler.assume_constant_result
-def load_kernels(device_type: str) -> Tuple[bool, Optional[str]]:
-    """Imports the compiled kernel for ``'cpu'`` or ``'cuda'``.
-
-    Returns:
-        ``(True, None)`` when the ops are usable on that device, else
-        ``(False, reason)`` with a one-line reason.
-    """
-    return _load_kernels(device_type)
-
-
-@functools.lru_cache(maxsize=None)
-def _load_kernels(device_type: str) -> Tuple[bool, Optional[str]]:
+def _import_kernels(device_type: str) -> Tuple[bool, Optional[str]]:
     names = {'cpu': ['_C'], 'cuda': ['_C', '_C_cuda']}
     if device_type not in names:
         return False, f'no kernel for device type {device_type!r}'
@@ -48,31 +33,25 @@ def _load_kernels(device_type: str) -> Tuple[bool, Optional[str]]:
                     'built by `pip install --no-build-isolation -e .`')
             msg = f'{type(e).__name__}: {e}'.splitlines()[0]
             return False, f'patchscale_mm.ops.{name} is not available ({msg}); it is {hint}'
-    _register_fakes()
     return True, None
 
 
-@functools.lru_cache(maxsize=None)
-def _register_fakes():
-    """Shape functions of the ops, so they trace under torch.compile."""
+# Filled at import, so that torch.compile, tracing load_kernels, only reads a
+# dict (it does not trace imports).
+_STATUS = {device_type: _import_kernels(device_type) for device_type in ('cpu', 'cuda')}
 
-    @torch.library.register_fake('patchscale_mm::ssd_fwd')
-    def _fwd(x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus, dt_min,
-             dt_max, chunk_size, save_states):
-        b, l, h, p = x.shape
-        n = B.shape[-1]
-        states = ((b, h, math.ceil(l / chunk_size), n, p) if save_states else (0,))
-        return [x.new_empty(x.shape), x.new_empty((b, h, p, n)), x.new_empty(states)]
 
-    @torch.library.register_fake('patchscale_mm::ssd_bwd')
-    def _bwd(dout, dfinal_states, x, dt, A, B, C, D, z, dt_bias, initial_states,
-             chunk_states, dt_softplus, dt_min, dt_max, chunk_size):
+def load_kernels(device_type: str) -> Tuple[bool, Optional[str]]:
+    """Whether the compiled kernel for ``'cpu'`` or ``'cuda'`` is usable.
 
-        def like(t):
-            return x.new_empty(t.shape if t is not None else (0,))
-
-        return [like(x), like(dt), like(A), like(B), like(C), like(D), like(z),
-                like(dt_bias), like(initial_states)]
+    Returns:
+        ``(True, None)`` when the ops are usable on that device, else
+        ``(False, reason)`` with a one-line reason.
+    """
+    status = _STATUS.get(device_type)
+    if status is None:
+        status = _STATUS[device_type] = _import_kernels(device_type)
+    return status
 
 
 def _prepare(x, dt, A, B, C, D, z, dt_bias, initial_states, dtype):

@@ -185,6 +185,40 @@ std::vector<at::Tensor> ssd_bwd_cpu(
   return {dx, ddt, dA_bh.sum(0), dB, dC, has_D ? dD_bh.sum(0) : dD_bh, dz, ddt_bias, dinit};
 }
 
+// Shape functions, so the ops trace under torch.compile (FakeTensor falls
+// back to Meta kernels).
+std::vector<at::Tensor> ssd_fwd_meta(const at::Tensor &x, const at::Tensor &dt,
+                                     const at::Tensor &A, const at::Tensor &B,
+                                     const at::Tensor &C, const c10::optional<at::Tensor> &D,
+                                     const c10::optional<at::Tensor> &z,
+                                     const c10::optional<at::Tensor> &dt_bias,
+                                     const c10::optional<at::Tensor> &initial_states,
+                                     bool dt_softplus, double dt_min, double dt_max,
+                                     int64_t chunk_size, bool save_states) {
+  const auto b = x.sym_size(0), l = x.sym_size(1), h = x.sym_size(2), p = x.sym_size(3);
+  const auto n = B.sym_size(3);
+  const auto nchunks = (l + chunk_size - 1) / chunk_size;
+  return {at::empty_symint(x.sym_sizes(), x.options()),
+          at::empty_symint({b, h, p, n}, x.options()),
+          save_states ? at::empty_symint({b, h, nchunks, n, p}, x.options())
+                      : at::empty({0}, x.options())};
+}
+
+std::vector<at::Tensor> ssd_bwd_meta(
+    const at::Tensor &dout, const c10::optional<at::Tensor> &dfinal, const at::Tensor &x,
+    const at::Tensor &dt, const at::Tensor &A, const at::Tensor &B, const at::Tensor &C,
+    const c10::optional<at::Tensor> &D, const c10::optional<at::Tensor> &z,
+    const c10::optional<at::Tensor> &dt_bias, const c10::optional<at::Tensor> &initial_states,
+    const at::Tensor &chunk_states, bool dt_softplus, double dt_min, double dt_max,
+    int64_t chunk_size) {
+  auto like = [&](const c10::optional<at::Tensor> &t) {
+    return t.has_value() && t->defined() ? at::empty_symint(t->sym_sizes(), x.options())
+                                         : at::empty({0}, x.options());
+  };
+  return {like(x), like(dt), like(A), like(B), like(C), like(D), like(z), like(dt_bias),
+          like(initial_states)};
+}
+
 }  // namespace patchscale_ssd
 
 TORCH_LIBRARY(patchscale_mm, m) {
@@ -202,6 +236,11 @@ TORCH_LIBRARY(patchscale_mm, m) {
 TORCH_LIBRARY_IMPL(patchscale_mm, CPU, m) {
   m.impl("ssd_fwd", &patchscale_ssd::ssd_fwd_cpu);
   m.impl("ssd_bwd", &patchscale_ssd::ssd_bwd_cpu);
+}
+
+TORCH_LIBRARY_IMPL(patchscale_mm, Meta, m) {
+  m.impl("ssd_fwd", &patchscale_ssd::ssd_fwd_meta);
+  m.impl("ssd_bwd", &patchscale_ssd::ssd_bwd_meta);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
