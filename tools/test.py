@@ -11,8 +11,10 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from patchscale_mm.engine import CheckpointError, check_checkpoint_file
 from patchscale_mm.utils import (add_rank_log_file, apply_cli_options,
                                  init_cpu_distributed, shutdown_distributed)
+from patchscale_mm.utils.preflight import config_problems, format_problems
 
 
 def parse_args():
@@ -40,12 +42,17 @@ def parse_args():
 
 def main():
     args = parse_args()
-    if not osp.isfile(args.checkpoint):
-        raise SystemExit(f'checkpoint {args.checkpoint} does not exist')
+    try:  # complete, and loadable without running code
+        check_checkpoint_file(args.checkpoint)
+    except CheckpointError as e:
+        raise SystemExit(f'error: {e}') from None
     cfg = Config.fromfile(args.config)
     apply_cli_options(cfg, args,
                       osp.splitext(osp.basename(args.config))[0])
     cfg.load_from = args.checkpoint
+    problems = config_problems(cfg, 'test', list(args.cfg_options or {}))
+    if problems:
+        raise SystemExit(format_problems(problems, args.config))
     if args.out:
         evaluators = cfg.test_evaluator
         if not isinstance(evaluators, (list, tuple)):

@@ -14,8 +14,11 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from patchscale_mm.engine import NonFiniteLossError, find_resumable_checkpoint
 from patchscale_mm.utils import (add_rank_log_file, apply_cli_options,
                                  init_cpu_distributed, shutdown_distributed)
+from patchscale_mm.utils.preflight import (config_problems, format_problems,
+                                           memory_problem)
 
 
 def parse_args():
@@ -41,6 +44,11 @@ def parse_args():
         nargs='+',
         action=DictAction,
         help='override config entries, e.g. model.backbone.patch_size=4')
+    parser.add_argument(
+        '--skip-memory-check',
+        action='store_true',
+        help='train even where the estimated peak memory exceeds the '
+        'device\'s')
     parser.add_argument(
         '--launcher',
         choices=['none', 'pytorch', 'slurm', 'mpi'],
@@ -73,9 +81,10 @@ def main():
                              'base_batch_size in the config')
         cfg.auto_scale_lr.enable = True
     if args.resume == 'auto':
-        cfg.resume, cfg.load_from = True, None
+        cfg.resume, cfg.load_from = True, resume_checkpoint(cfg.work_dir)
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
+    preflight(cfg, args)
 
     init_cpu_distributed(cfg)
     try:
@@ -83,8 +92,30 @@ def main():
                   if 'runner_type' in cfg else Runner.from_cfg(cfg))
         add_rank_log_file(runner)
         runner.train()
+    except NonFiniteLossError as e:
+        raise SystemExit(f'error: {e}') from None
     finally:
         shutdown_distributed()
+
+
+def resume_checkpoint(work_dir: str):
+    """The newest complete checkpoint of the work dir; None (train from
+    scratch) when the run has none yet."""
+    found = find_resumable_checkpoint(work_dir)
+    if found is None and osp.isfile(osp.join(work_dir, 'last_checkpoint')):
+        raise SystemExit(f'--resume: {work_dir} has a last_checkpoint but '
+                         'no complete checkpoint to resume from')
+    return found
+
+
+def preflight(cfg, args):
+    """Stops, before anything is built, on problems in the config and on a
+    run that cannot fit in memory."""
+    problems = config_problems(cfg, 'train', list(args.cfg_options or {}))
+    if not args.skip_memory_check:
+        problems += filter(None, [memory_problem(cfg)])
+    if problems:
+        raise SystemExit(format_problems(problems, args.config))
 
 
 if __name__ == '__main__':

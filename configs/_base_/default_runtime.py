@@ -4,7 +4,11 @@ default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=50),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3),
+    # Atomic saves and generator states: a killed run resumes exactly.
+    checkpoint=dict(
+        type='patchscale_mm.ResumableCheckpointHook',
+        interval=1,
+        max_keep_ckpts=3),
     sampler_seed=dict(type='DistSamplerSeedHook'),
 )
 env_cfg = dict(
@@ -20,8 +24,12 @@ log_level = 'INFO'
 load_from = None
 resume = False
 randomness = dict(seed=None, deterministic=False)
-# Checkpoints hold only plain data, so they load with weights_only=True.
-custom_hooks = [dict(type='patchscale_mm.WeightsOnlyCheckpointHook')]
+# Checkpoints hold only plain data, so they load with weights_only=True;
+# training stops at the first non-finite loss, before it is saved.
+custom_hooks = [
+    dict(type='patchscale_mm.WeightsOnlyCheckpointHook'),
+    dict(type='patchscale_mm.NonFiniteLossHook'),
+]
 custom_imports = dict(
     imports=['patchscale_mm.models', 'patchscale_mm.engine'],
     allow_failed_imports=False)

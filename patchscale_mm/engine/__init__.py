@@ -1,3 +1,14 @@
+from .checkpoint_io import (AtomicLocalBackend, CheckpointError,
+                            UnsafeCheckpointError, atomic_write,
+                            check_checkpoint_file, find_resumable_checkpoint,
+                            guard_checkpoint_loaders)
+from .non_finite_loss_hook import NonFiniteLossError, NonFiniteLossHook
+from .resumable_checkpoint_hook import ResumableCheckpointHook
 from .weights_only_checkpoint_hook import WeightsOnlyCheckpointHook
 
-__all__ = ['WeightsOnlyCheckpointHook']
+__all__ = [
+    'AtomicLocalBackend', 'CheckpointError', 'NonFiniteLossError',
+    'NonFiniteLossHook', 'ResumableCheckpointHook', 'UnsafeCheckpointError',
+    'WeightsOnlyCheckpointHook', 'atomic_write', 'check_checkpoint_file',
+    'find_resumable_checkpoint', 'guard_checkpoint_loaders'
+]

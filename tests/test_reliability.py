@@ -1,0 +1,490 @@
+"""Failure is cheap: a killed run resumes to the same weights, checkpoints
+are written atomically and loaded weights-only, impossible configs and runs
+that cannot fit in memory stop before anything is built, a NaN stops
+training with the last good checkpoint kept, and a dead rank ends a
+distributed job instead of hanging it."""
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.logging import MessageHub, MMLogger
+from mmengine.runner.checkpoint import CheckpointLoader
+
+from patchscale_mm.datasets.fixtures import make_ade20k_fixture
+from patchscale_mm.engine import (CheckpointError, NonFiniteLossError,
+                                  NonFiniteLossHook, ResumableCheckpointHook,
+                                  UnsafeCheckpointError, check_checkpoint_file,
+                                  find_resumable_checkpoint)
+from patchscale_mm.engine.resumable_checkpoint_hook import (get_rng_state,
+                                                            set_rng_state)
+from patchscale_mm.utils.preflight import config_problems, memory_problem
+
+ROOT = Path(__file__).resolve().parents[1]
+SEG = 'tests/configs/seg_tiny.py'
+TIMEOUT = 300
+
+
+@pytest.fixture(scope='module')
+def ade(tmp_path_factory):
+    return make_ade20k_fixture(tmp_path_factory.mktemp('data') / 'ade', 16, 4)
+
+
+def data_options(root):
+    return [f'{loader}.dataset.data_root={root}/'
+            for loader in ('train_dataloader', 'val_dataloader',
+                           'test_dataloader')]
+
+
+def train_cmd(work_dir, *options, config=SEG, extra=()):
+    return [sys.executable, 'tools/train.py', str(config), '--work-dir',
+            str(work_dir), *extra, '--cfg-options', *options]
+
+
+def run(args, expect_ok=True, **kwargs):
+    out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True,
+                         timeout=TIMEOUT, **kwargs)
+    log = out.stdout + out.stderr
+    assert (out.returncode == 0) == expect_ok, log[-4000:]
+    return log
+
+
+def weights(path):
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+# ---------------------------------------------------------------------------
+# Resume after SIGKILL
+# ---------------------------------------------------------------------------
+def test_killed_run_resumes_to_the_same_weights(ade, tmp_path):
+    # A constant lr that moves the weights (the recipe's warm-up starts at
+    # 1e-6 of it), random crops/flips, drop-path and a validation midway:
+    # any difference in data order or random draws after the resume shows
+    # in the weights.
+    max_iters = 24
+    options = data_options(ade) + [
+        f'train_cfg.max_iters={max_iters}', 'train_cfg.val_interval=12',
+        'default_hooks.checkpoint.interval=4', 'param_scheduler=None',
+        'optim_wrapper.optimizer.lr=1e-3', 'randomness.deterministic=True'
+    ]
+    run(train_cmd(tmp_path / 'reference', *options))
+
+    # Kill at a random moment after the first checkpoint (iteration 4):
+    # when iteration k is logged, plus up to 50 ms, which may fall inside
+    # the save of iteration k.
+    kill_iter, jitter = random.randint(5, max_iters - 2), random.random() / 20
+    work_dir = tmp_path / 'killed'
+    proc = subprocess.Popen(train_cmd(work_dir, *options), cwd=ROOT,
+                            stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        logged = rf'Iter\(train\) \[\s*{kill_iter}/{max_iters}\]'
+        for line in proc.stdout:
+            if re.search(logged, line):
+                break
+        time.sleep(jitter)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.communicate()
+    at = f'a kill after iteration {kill_iter} + {jitter * 1000:.0f} ms'
+    latest = (work_dir / 'last_checkpoint').read_text()
+    check_checkpoint_file(latest)  # never points at a partial file
+    resumed_from = weights(latest)['meta']['iter']
+
+    log = run(train_cmd(work_dir, *options, extra=['--resume']))
+    assert f'iter: {resumed_from}' in log, at  # MMEngine's "resumed" line
+    reference = weights(tmp_path / 'reference' / f'iter_{max_iters}.pth')
+    resumed = weights(work_dir / f'iter_{max_iters}.pth')
+    for key, value in reference['state_dict'].items():
+        assert torch.equal(value, resumed['state_dict'][key]), (key, at)
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(
+        work_dir / f'iter_{max_iters}.pth') == []
+
+
+def test_rng_state_round_trip():
+    draw = lambda: (random.random(), np.random.rand(), torch.rand(3))  # noqa
+    state = get_rng_state()
+    first = draw()
+    set_rng_state(state)
+    again = draw()
+    assert first[:2] == again[:2] and torch.equal(first[2], again[2])
+
+
+class _FakeRunner:
+    """What CheckpointHook touches when saving."""
+
+    def __init__(self, work_dir, on_save):
+        self.work_dir = str(work_dir)
+        self.message_hub = MessageHub.get_instance(f'ckpt-{id(self)}')
+        self.logger = MMLogger.get_instance('test_reliability')
+        self.on_save = on_save
+        self.iter, self.epoch = 0, 0
+
+    def save_checkpoint(self, out_dir, filename, *args, **kwargs):
+        self.on_save(Path(out_dir) / filename)
+        torch.save({'state_dict': {}}, Path(out_dir) / filename)
+
+
+def test_rotation_deletes_the_old_checkpoint_after_the_new_one(tmp_path):
+    seen = []
+
+    def on_save(path):  # what a kill during this save would leave
+        seen.append(sorted(p.name for p in tmp_path.glob('*.pth')))
+
+    runner = _FakeRunner(tmp_path, on_save)
+    hook = ResumableCheckpointHook(interval=1, by_epoch=False,
+                                   max_keep_ckpts=1)
+    hook.before_train(runner)
+    for step in (1, 2, 3):
+        hook._save_checkpoint_with_step(runner, step, dict(iter=step))
+    # mmengine deletes iter_1 before writing iter_2 (nothing left between).
+    assert seen == [[], ['iter_1.pth'], ['iter_2.pth']]
+    assert sorted(p.name for p in tmp_path.glob('*.pth')) == ['iter_3.pth']
+    assert (tmp_path / 'last_checkpoint').read_text().endswith('iter_3.pth')
+
+
+KILLED_WRITER = """
+import os, sys, time, torch
+from patchscale_mm.engine import AtomicLocalBackend
+os.fsync = lambda fd: time.sleep(600)  # a slow disk: the kill lands here
+data = bytearray(64 * 2**20)
+AtomicLocalBackend().put(bytes(data), sys.argv[1])
+"""
+
+
+def test_kill_during_a_save_keeps_the_previous_file(tmp_path):
+    target = tmp_path / 'iter_8.pth'
+    torch.save({'state_dict': {'w': torch.ones(3)}}, target)
+    proc = subprocess.Popen([sys.executable, '-c', KILLED_WRITER,
+                             str(target)], cwd=ROOT)
+    try:
+        deadline = time.time() + 120
+        while not list(tmp_path.glob('.iter_8.pth.*.tmp')):
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.02)
+        time.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.wait()
+    check_checkpoint_file(str(target))
+    assert torch.equal(weights(target)['state_dict']['w'], torch.ones(3))
+    # The next run's checkpoint hook clears the interrupted write.
+    runner = _FakeRunner(tmp_path, lambda path: None)
+    ResumableCheckpointHook(by_epoch=False).before_train(runner)
+    assert not list(tmp_path.glob('.*.tmp'))
+
+
+# ---------------------------------------------------------------------------
+# Truncated and malicious checkpoints
+# ---------------------------------------------------------------------------
+@pytest.fixture
+def truncated(tmp_path):
+    good = tmp_path / 'iter_4.pth'
+    torch.save({'state_dict': {'w': torch.randn(256, 256)}}, good)
+    bad = tmp_path / 'iter_8.pth'
+    bad.write_bytes(good.read_bytes()[:good.stat().st_size // 2])
+    os.utime(good, (1, 1))  # older than the truncated one
+    return good, bad
+
+
+def test_truncated_checkpoint_is_refused_and_resume_falls_back(truncated):
+    good, bad = truncated
+    with pytest.raises(CheckpointError, match='is truncated'):
+        check_checkpoint_file(str(bad))
+    with pytest.raises(CheckpointError, match='truncated or corrupt'):
+        CheckpointLoader.load_checkpoint(str(bad))
+    # A last_checkpoint written by a run from before atomic saving.
+    (good.parent / 'last_checkpoint').write_text(str(bad))
+    assert find_resumable_checkpoint(str(good.parent)) == str(good)
+
+
+def test_test_tool_refuses_a_truncated_checkpoint(truncated):
+    log = run([sys.executable, 'tools/test.py', SEG, str(truncated[1])],
+              expect_ok=False)
+    assert f'error: checkpoint {truncated[1]} is truncated' in log
+    assert 'Traceback' not in log
+
+
+class _Payload:
+    """Unpickling this runs a shell command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.marker}', )
+
+
+@pytest.fixture
+def malicious(tmp_path):
+    marker = tmp_path / 'pwned'
+    path = tmp_path / 'malicious.pth'
+    torch.save({'state_dict': {'w': torch.zeros(1)},
+                'meta': _Payload(marker)}, path)
+    return path, marker
+
+
+def test_malicious_checkpoint_is_refused_by_every_loader(
+        malicious, monkeypatch):
+    from mmengine.model.weight_init import PretrainedInit
+    path, marker = malicious
+    with pytest.raises(UnsafeCheckpointError, match='would call posix.system'):
+        check_checkpoint_file(str(path))
+    # The loader behind load_from, resume and init_cfg, even where the
+    # environment asks torch to unpickle everything.
+    monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+    with pytest.raises(UnsafeCheckpointError, match='posix.system'):
+        CheckpointLoader.load_checkpoint(str(path))
+    with pytest.raises(UnsafeCheckpointError):
+        PretrainedInit(checkpoint=str(path))(torch.nn.Linear(1, 1))
+    assert os.environ['TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'] == '1'
+    assert not marker.exists()
+
+
+def test_tools_refuse_a_malicious_checkpoint(malicious, ade):
+    path, marker = malicious
+    log = run([sys.executable, 'tools/test.py', SEG, str(path)],
+              expect_ok=False)
+    assert 'error: refusing to load checkpoint' in log
+    # tools/train.py's pre-flight (wired as in the bad-config test below).
+    pretrained = dict(type='Pretrained', checkpoint=str(path))
+    found = problems(SEG, ade, {
+        'load_from': str(path),
+        'model.backbone.init_cfg': pretrained
+    })
+    assert sorted(found) == [
+        f'load_from: refusing to load checkpoint {path}: unpickling it would '
+        'call posix.system, and only tensors, numbers, strings and '
+        'containers load with weights_only=True; if you trust the file, '
+        're-save its state_dict as plain tensors',
+        'model.backbone.init_cfg.checkpoint: refusing to load checkpoint '
+        f'{path}: unpickling it would call posix.system, and only tensors, '
+        'numbers, strings and containers load with weights_only=True; if you '
+        'trust the file, re-save its state_dict as plain tensors'
+    ]
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------
+# Pre-flight checks
+# ---------------------------------------------------------------------------
+def problems(config, ade, options=(), cli_keys=(), mode='train'):
+    cfg = Config.fromfile(str(config))
+    data = {o.split('=')[0]: o.split('=')[1] for o in data_options(ade)}
+    cfg.merge_from_dict({**data, **dict(options)})
+    return config_problems(cfg, mode, cli_keys)
+
+
+@pytest.mark.parametrize('options,expected', [
+    ({'model.backbone.img_size': 60}, 'model.backbone.img_size 60x60 is '
+     'not divisible by patch size 8x8'),
+    ({'model.backbone.patch_size': 0}, 'model.backbone.patch_size must be '
+     '>= 1, got 0'),
+    ({'model.backbone.arch': 'xl'}, "unknown Adventurer arch 'xl'; valid "
+     'archs: b, base, h, huge, l, large, s, small, t, tiny'),
+    ({'model.decode_head.in_channels': 64}, 'model.decode_head.in_channels'
+     "=64 does not match the backbone's width 32"),
+    ({'model.backbone.patch_sise': 4}, "model.backbone.patch_sise: "
+     "Adventurer takes no argument 'patch_sise'; did you mean 'patch_size'?"),
+    ({'model.decode_head.dropout': 0.1}, "LinearSegHead takes no argument "
+     "'dropout'; did you mean 'dropout_ratio'?"),
+    ({'model.data_preprocessor.size': (60, 60)}, 'model.data_preprocessor.'
+     'size 60x60 is not divisible by patch size 8x8'),
+    ({'train_dataloader.dataset.data_root': '/nonexistent'},
+     "train_dataloader.dataset.data_root '/nonexistent' does not exist"),
+])
+def test_preflight_reports_one_line_per_problem(ade, options, expected):
+    found = problems(SEG, ade, options)
+    assert len(found) == 1 and expected in found[0], found
+
+
+def test_preflight_catches_unread_top_level_keys(ade, tmp_path):
+    config = tmp_path / 'typo.py'
+    # A typo, and an override of a base file's variable, which the base's
+    # entries never see (each base file is evaluated on its own).
+    config.write_text(f"_base_ = '{ROOT / SEG}'\n"
+                      'train_dataloder = dict(batch_size=4)\n'
+                      'crop_size = (32, 32)\n')
+    found = problems(config, ade, cli_keys=['data_root'],
+                     options={'data_root': 'x'})
+    assert len(found) == 3, found
+    assert ("top-level key 'train_dataloder' is not read by MMEngine nor by "
+            "the config; did you mean 'train_dataloader'?") in found
+    assert any("'crop_size' is not read" in p for p in found)
+    assert any(p.startswith("--cfg-options top-level key 'data_root'")
+               for p in found)
+
+
+def test_preflight_checks_detection_necks_and_padding(ade):
+    found = problems('tests/configs/det_tiny.py', ade, {
+        'model.backbone.patch_size': 64,
+        'model.neck.in_channels': 64
+    }, mode='test')
+    assert any('pad_size_divisor=32 is not a multiple of the patch size 64'
+               in p for p in found)
+    assert any('model.neck.in_stride=16 does not match' in p for p in found)
+    assert any("model.neck.in_channels=64 does not match the backbone's "
+               'width 32' in p for p in found)
+
+
+@pytest.mark.parametrize('config', [
+    'configs/cls/deit_b_p4_in1k_128.py', 'configs/cls/adv_l_p8_in1k_224.py',
+    'configs/seg/adv_b_p2_upernet_ade20k.py',
+    'configs/det/adv_b_p4_cascade-mask-rcnn_coco_1x.py',
+    'configs/sweep/fmnist_seg_vit.py', 'tests/configs/cls_tiny.py'
+])
+def test_shipped_configs_pass_preflight(config, ade):
+    # Every check but the data roots (the data are not on this machine).
+    found = problems(config, ade)
+    assert not [p for p in found if 'does not exist' not in p], found
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks RAM')
+def test_train_stops_before_building_on_a_bad_config(ade, tmp_path):
+    # Ten million processes on this node share its RAM: the memory guard
+    # refuses even the tiny model.
+    env = dict(os.environ, LOCAL_WORLD_SIZE=str(10**7))
+    log = run(train_cmd(tmp_path / 'work', *data_options(ade),
+                        'model.data_preprocessor.size=[60,60]',
+                        'model.decode_head.in_channel=32'),
+              expect_ok=False, env=env)
+    lines = log.splitlines()
+    first = lines.index(f'pre-flight check of {SEG} failed:')
+    expected = ('  - model.decode_head.in_channel: LinearSegHead takes no ',
+                '  - model.data_preprocessor.size 60x60 is not divisible ',
+                '  - estimated peak training memory ')
+    found = lines[first + 1:]
+    assert len(found) == 3 and all(map(str.startswith, found, expected)), log
+    assert 'available RAM per process (10000000 on this node)' in log
+    assert not (tmp_path / 'work').exists()  # nothing was built
+
+
+def test_memory_guard_estimate_and_fixes(ade):
+    cfg = Config.fromfile('configs/seg/adv_b_p2_linear_ade20k.py')
+    message = memory_problem(cfg, available=40 * 2**30, where='test GPU')
+    assert message.startswith('estimated peak training memory ')
+    assert 'exceeds the 40.0 GiB test GPU' in message
+    assert '65,536 tokens' in message
+    assert 'model.backbone.with_cp=True' in message
+    assert '--skip-memory-check' in message
+    cfg.merge_from_dict({'model.backbone.with_cp': True})
+    assert memory_problem(cfg, available=40 * 2**30) is None
+    assert memory_problem(Config.fromfile(SEG), available=2**30) is None
+
+
+# ---------------------------------------------------------------------------
+# Non-finite loss
+# ---------------------------------------------------------------------------
+POISON_HOOK = """
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+
+
+@HOOKS.register_module()
+class PoisonHook(Hook):
+    '''Makes the weights NaN before the 5th iteration.'''
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        if batch_idx == 4:
+            weight = runner.model.backbone.patch_embed.projection.weight
+            weight.data.fill_(float('nan'))
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks RAM')
+def test_nan_loss_stops_with_the_last_good_checkpoint(ade, tmp_path):
+    (tmp_path / 'poison_hook.py').write_text(POISON_HOOK)
+    config = tmp_path / 'poisoned.py'
+    config.write_text(
+        f"_base_ = '{ROOT / SEG}'\n"
+        "custom_imports = dict(imports=['patchscale_mm.models', "
+        "'patchscale_mm.engine', 'poison_hook'])\n"
+        "custom_hooks = [dict(type='patchscale_mm.WeightsOnlyCheckpointHook'),"
+        " dict(type='patchscale_mm.NonFiniteLossHook'), "
+        "dict(type='PoisonHook')]\n")
+    work_dir = tmp_path / 'work'
+    # The run would not fit in 1e-7 of the RAM: --skip-memory-check lets
+    # it train anyway.
+    env = dict(os.environ, LOCAL_WORLD_SIZE=str(10**7),
+               PYTHONPATH=f'{tmp_path}:{os.environ.get("PYTHONPATH", "")}')
+    log = run(train_cmd(work_dir, *data_options(ade),
+                        'train_cfg.max_iters=8',
+                        'default_hooks.checkpoint.interval=2',
+                        config=config, extra=['--skip-memory-check']),
+              expect_ok=False, env=env)
+    assert 'error: non-finite loss at iteration 5' in log
+    assert f'the last good checkpoint is {work_dir}/iter_4.pth' in log
+    assert 'Traceback' not in log
+    assert sorted(p.name for p in work_dir.glob('*.pth')) == [
+        'iter_2.pth', 'iter_4.pth'
+    ]
+    state = weights(work_dir / 'iter_4.pth')['state_dict']
+    assert all(torch.isfinite(v).all() for v in state.values()
+               if v.is_floating_point())
+
+
+def test_non_finite_weights_are_never_saved():
+    runner = _FakeRunner('.', lambda path: None)
+    checkpoint = {'state_dict': {'w': torch.tensor([1., float('nan')])},
+                  'meta': {'iter': 6}}
+    with pytest.raises(NonFiniteLossError,
+                       match='refusing to save a checkpoint at iteration 6'):
+        NonFiniteLossHook().before_save_checkpoint(runner, checkpoint)
+
+
+# ---------------------------------------------------------------------------
+# Distributed: a dead rank ends the job
+# ---------------------------------------------------------------------------
+def _rank_pids(launcher_pid):
+    """RANK -> pid of the launcher's worker processes."""
+    ranks = {}
+    for task in os.listdir(f'/proc/{launcher_pid}/task'):
+        with open(f'/proc/{launcher_pid}/task/{task}/children') as f:
+            for pid in map(int, f.read().split()):
+                with open(f'/proc/{pid}/environ', 'rb') as env:
+                    for item in env.read().split(b'\0'):
+                        if item.startswith(b'RANK='):
+                            ranks[int(item[5:])] = pid
+    return ranks
+
+
+@pytest.mark.skipif(not Path('/proc/self/task').exists(),
+                    reason='needs /proc')
+def test_killing_one_rank_ends_the_job(ade, tmp_path):
+    env = dict(os.environ, PORT=str(30500 + os.getpid() % 1000))
+    proc = subprocess.Popen(
+        ['bash', 'tools/dist_train.sh', SEG, '2', '--work-dir',
+         str(tmp_path / 'work'), '--cfg-options', *data_options(ade),
+         'train_cfg.max_iters=100000'],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+    ranks = {}
+    try:
+        for line in proc.stdout:  # until both ranks train
+            if re.search(r'Iter\(train\) \[\s*2/100000\]', line):
+                break
+        else:
+            pytest.fail('training did not start')
+        ranks = _rank_pids(proc.pid)
+        os.kill(ranks[1], signal.SIGKILL)
+        killed = time.time()
+        proc.communicate(timeout=60)
+        assert proc.returncode != 0
+        assert time.time() - killed < 60
+    finally:
+        for pid in [proc.pid, *ranks.values()]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
