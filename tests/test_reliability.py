@@ -69,13 +69,13 @@ def test_killed_run_resumes_to_the_same_weights(ade, tmp_path):
     # 1e-6 of it), random crops/flips, drop-path and a validation midway:
     # any difference in data order or random draws after the resume shows
     # in the weights.
-    max_iters = 24
+    max_iters = 16
     options = data_options(ade) + [
-        f'train_cfg.max_iters={max_iters}', 'train_cfg.val_interval=12',
+        f'train_cfg.max_iters={max_iters}', 'train_cfg.val_interval=8',
         'default_hooks.checkpoint.interval=4', 'param_scheduler=None',
         'optim_wrapper.optimizer.lr=1e-3', 'randomness.deterministic=True'
     ]
-    run(train_cmd(tmp_path / 'reference', *options))
+    reference_log = run(train_cmd(tmp_path / 'reference', *options))
 
     # Kill at a random moment after the first checkpoint (iteration 4):
     # when iteration k is logged, plus up to 50 ms, which may fall inside
@@ -103,12 +103,25 @@ def test_killed_run_resumes_to_the_same_weights(ade, tmp_path):
 
     log = run(train_cmd(work_dir, *options, extra=['--resume']))
     assert f'iter: {resumed_from}' in log, at  # MMEngine's "resumed" line
+    # The same batches and draws: the losses after the resume match.
+    resumed_losses = losses(log)
+    assert min(resumed_losses) == resumed_from + 1, at
+    assert resumed_losses == {
+        i: loss for i, loss in losses(reference_log).items()
+        if i > resumed_from
+    }, at
     reference = weights(tmp_path / 'reference' / f'iter_{max_iters}.pth')
     resumed = weights(work_dir / f'iter_{max_iters}.pth')
     for key, value in reference['state_dict'].items():
         assert torch.equal(value, resumed['state_dict'][key]), (key, at)
     assert torch.serialization.get_unsafe_globals_in_checkpoint(
         work_dir / f'iter_{max_iters}.pth') == []
+
+
+def losses(log):
+    """Iteration -> logged training loss."""
+    found = re.findall(r'Iter\(train\) \[\s*(\d+)/\d+\].*? loss: (\S+)', log)
+    return {int(i): loss for i, loss in found}
 
 
 def test_rng_state_round_trip():

@@ -440,10 +440,12 @@ def _pretrained_checkpoints(node, path: str) -> Iterator[Tuple[str, str]]:
             yield from _pretrained_checkpoints(value, f'{path}[{i}]')
 
 
-def checkpoint_problems(cfg: Config) -> List[str]:
-    """``load_from`` and every ``init_cfg=dict(type='Pretrained')`` file:
-    complete, and loadable with weights-only unpickling."""
-    files = list(_pretrained_checkpoints(cfg.get('model'), 'model'))
+def checkpoint_problems(cfg: Config, mode: str = 'train') -> List[str]:
+    """``load_from`` and, for training (where weights are initialised),
+    every ``init_cfg=dict(type='Pretrained')`` file: complete, and loadable
+    with weights-only unpickling."""
+    files = (list(_pretrained_checkpoints(cfg.get('model'), 'model'))
+             if mode == 'train' else [])
     if cfg.get('load_from'):
         files.append(('load_from', cfg.load_from))
     problems = []
@@ -473,7 +475,8 @@ def config_problems(cfg: Config,
     problems += backbone_problems
     if info is not None:
         problems += input_problems(cfg, info) + channel_problems(cfg, info)
-    return problems + data_problems(cfg, mode) + checkpoint_problems(cfg)
+    return problems + data_problems(cfg, mode) + checkpoint_problems(
+        cfg, mode)
 
 
 # ---------------------------------------------------------------------------
