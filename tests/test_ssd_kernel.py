@@ -1,5 +1,6 @@
 """The compiled selective-scan kernels against the sequential reference."""
 import importlib
+import json
 import math
 import os
 import shutil
@@ -396,19 +397,34 @@ def test_check_cuda_scan_without_gpu(monkeypatch):
 
 
 @needs_cpp
-def test_benchmark_scan_smoke(capsys):
-    _load_tool('benchmark_scan').main(
-        ['--lengths', '16', '40', '--ref-max-len', '16', '--mixer-lengths', '24', '--repeats',
-         '1', '--heads', '2', '--headdim', '8', '--dstate', '8', '--chunk', '8', '--threads',
-         '1'])
+def test_benchmark_scan_smoke(capsys, monkeypatch):
+    tool = _load_tool('benchmark_scan')
+    monkeypatch.setattr(tool.gc, 'collect', lambda: 0)  # slow with pytest's many objects
+    small = ['--heads', '2', '--headdim', '8', '--dstate', '8', '--chunk', '8', '--threads', '1']
+    # One memory probe, in this process (main runs each in a subprocess).
+    tool.main(['--probe', 'scan', 'C++ kernel', '64'] + small)
+    assert float(capsys.readouterr().out.strip().splitlines()[-1]) >= 0
+    monkeypatch.setattr(tool, 'probe_memory', lambda *a: 1.0)
+    tool.main(['--lengths', '16', '40', '--ref-max-len', '16', '--mixer-lengths', '24',
+               '--repeats', '1'] + small)
     out = capsys.readouterr().out
     assert '| 40 | reference | ~' in out  # extrapolated past --ref-max-len
     assert '| 40 | C++ kernel |' in out and '| 24 | ours, C++ kernel |' in out
 
 
-def test_benchmark_backbones_smoke(capsys):
-    _load_tool('benchmark_backbones').main(
-        ['--arch', 't', '--img-size', '32', '--patch-sizes', '8', '4', '--threads', '1'])
+def test_benchmark_backbones_smoke(capsys, monkeypatch):
+    tool = _load_tool('benchmark_backbones')
+    monkeypatch.setattr(tool.gc, 'collect', lambda: 0)
+    # One measurement, in this process (main runs each in a subprocess).
+    tool.main(['--probe', 'Adventurer', '8', '1', '--arch', 't', '--img-size', '32',
+               '--threads', '1'])
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r['time'] > 0 and r['peak'] >= r['growth'] >= 0
+    # The table, from fake measurements.
+    fake = {'Adventurer': dict(time=1.4, growth=10, peak=20),
+            'DeiT (PatchViT)': dict(time=2.0, growth=12, peak=20)}
+    monkeypatch.setattr(tool, 'run', lambda args, name, patch, with_cp: fake[name])
+    tool.main(['--patch-sizes', '4', '2'])
     out = capsys.readouterr().out
-    assert '| 8 | 16 + 1 | Adventurer-t |' in out and '| 4 | 0.70 |' not in out
-    assert out.count('DeiT (PatchViT)-t') == 2
+    assert '| 2 | 12544 + 1 | Adventurer-b | yes | 1.40 | 10 |' in out
+    assert '| 4 | 0.70 | 0.7 |' in out and '| 2 | 0.70 | 0.34 |' in out

@@ -13,25 +13,23 @@ tokens + 2) with activation checkpointing and reports its time and the
 process's peak RSS.
 
 Activation checkpointing (``with_cp``) is on at patch sizes <= 2 by default
-(``--with-cp auto``), for both models alike. Peak memory is measured as in
-benchmark_scan.py: the peak-RSS growth during the step, with glibc returning
-large blocks at free (the script re-executes itself with
-MALLOC_MMAP_THRESHOLD_ set).
+(``--with-cp auto``), for both models alike. Each measurement runs in a fresh
+subprocess (warmed up at patch 16), so that its peak-RSS growth is not hidden
+by memory that earlier runs freed; with ``--repeats`` > 1 the two models
+alternate and the best time of each is kept.
 """
 import argparse
 import gc
-import os
+import json
+import subprocess
 import sys
 import time
 
-MMAP_ENV = 'MALLOC_MMAP_THRESHOLD_'
-if MMAP_ENV not in os.environ and __name__ == '__main__':
-    os.environ[MMAP_ENV] = str(1 << 17)
-    os.execv(sys.executable, [sys.executable] + sys.argv)
+import torch
 
-import torch  # noqa: E402
+from patchscale_mm.models import Adventurer, PatchViT
 
-from patchscale_mm.models import Adventurer, PatchViT  # noqa: E402
+MODELS = {'Adventurer': Adventurer, 'DeiT (PatchViT)': PatchViT}
 
 PAPER_RATIO = {4: 0.70, 2: 0.34}  # Adventurer-B / DeiT-B step time on an A100
 
@@ -62,28 +60,34 @@ def train_step(model, img, bf16):
     out.float().pow(2).mean().backward()
 
 
-def run(cls, arch, img_size, patch, with_cp, bf16, repeats):
-    """Best step time (s), peak RSS growth (MiB), process peak RSS (MiB)."""
+def probe(args, name, patch, with_cp):
+    """One step of one model, in this process: prints a JSON line."""
+    cls = MODELS[name]
+    img = torch.randn(1, 3, args.img_size, args.img_size)
     torch.manual_seed(0)
-    model = cls(arch=arch, img_size=img_size, patch_size=patch, with_cp=with_cp).train()
-    img = torch.randn(1, 3, img_size, img_size)
-    times, growth = [], 0.0
-    for _ in range(repeats):
-        base = reset_peak_rss()
-        t = time.perf_counter()
-        train_step(model, img, bf16)
-        times.append(time.perf_counter() - t)
-        growth = max(growth, (_status_kib('VmHWM:') - base) / 1024)
-    peak = _status_kib('VmHWM:') / 1024
-    del model
-    gc.collect()
-    return min(times), growth, peak
+    warm = cls(arch=args.arch, img_size=args.img_size, patch_size=16).train()
+    train_step(warm, img, args.bf16)  # library set-up is not timed
+    del warm
+    model = cls(arch=args.arch, img_size=args.img_size, patch_size=patch,
+                with_cp=with_cp).train()
+    base = reset_peak_rss()
+    t = time.perf_counter()
+    train_step(model, img, args.bf16)
+    t = time.perf_counter() - t
+    print(json.dumps(dict(time=t, growth=(_status_kib('VmHWM:') - base) / 1024,
+                          peak=_status_kib('VmHWM:') / 1024)))
 
 
-def warm_up(arch, img_size, bf16):
-    """Runs each model once at patch 16 so library set-up is not timed."""
-    for cls in (Adventurer, PatchViT):
-        run(cls, arch, img_size, 16, False, bf16, 1)
+def run(args, name, patch, with_cp):
+    """:func:`probe` in a fresh interpreter: dict(time, growth, peak)."""
+    cmd = [sys.executable, __file__, '--probe', name, str(patch), str(int(with_cp)),
+           '--arch', args.arch, '--img-size', str(args.img_size)]
+    cmd += ['--bf16'] if args.bf16 else []
+    cmd += ['--threads', str(args.threads)] if args.threads else []
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f'{name} p{patch} failed:\n{res.stderr[-2000:]}')
+    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def parse_args(argv=None):
@@ -98,6 +102,7 @@ def parse_args(argv=None):
     parser.add_argument('--threads', type=int, default=None)
     parser.add_argument('--adventurer-p1', action='store_true',
                         help='only Adventurer at patch size 1, with_cp, one step')
+    parser.add_argument('--probe', nargs=3, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -105,33 +110,35 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.probe:
+        name, patch, with_cp = args.probe
+        return probe(args, name, int(patch), bool(int(with_cp)))
     dtype = 'bf16 autocast' if args.bf16 else 'fp32'
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, arch {args.arch!r}, '
           f'{args.img_size} px, batch 1, {dtype}')
     if args.adventurer_p1:
-        warm_up(args.arch, args.img_size, args.bf16)
-        tokens = args.img_size**2
-        t, growth, peak = run(Adventurer, args.arch, args.img_size, 1, True, args.bf16, 1)
-        print(f'\n| model | tokens | with_cp | step s | peak RSS growth MiB | process peak RSS MiB |')
+        r = run(args, 'Adventurer', 1, True)
+        print('\n| model | tokens | with_cp | step s | peak RSS growth MiB | process peak RSS MiB |')
         print('|---|---|---|---|---|---|')
-        print(f'| Adventurer-{args.arch}/1 | {tokens} + 2 | yes | {t:.1f} | {growth:.0f} '
-              f'| {peak:.0f} |')
+        print(f'| Adventurer-{args.arch}/1 | {args.img_size**2} + 2 | yes | {r["time"]:.1f} '
+              f'| {r["growth"]:.0f} | {r["peak"]:.0f} |')
         return
-    warm_up(args.arch, args.img_size, args.bf16)
     print('\n| patch | tokens | model | with_cp | step s | peak RSS growth MiB |')
     print('|---|---|---|---|---|---|')
     ratios = {}
     for patch in args.patch_sizes:
         with_cp = args.with_cp == 'on' or (args.with_cp == 'auto' and patch <= 2)
-        tokens = (args.img_size // patch)**2
-        res = {}
-        for name, cls in (('Adventurer', Adventurer), ('DeiT (PatchViT)', PatchViT)):
-            t, growth, _ = run(cls, args.arch, args.img_size, patch, with_cp, args.bf16,
-                               args.repeats)
-            res[name] = t
-            print(f'| {patch} | {tokens} + 1 | {name}-{args.arch} | {"yes" if with_cp else "no"} '
-                  f'| {t:.2f} | {growth:.0f} |', flush=True)
-        ratios[patch] = res['Adventurer'] / res['DeiT (PatchViT)']
+        best = {}
+        for _ in range(args.repeats):  # alternate, so that load changes hit both
+            for name in MODELS:
+                r = run(args, name, patch, with_cp)
+                if name not in best or r['time'] < best[name]['time']:
+                    best[name] = r
+        for name, r in best.items():
+            print(f'| {patch} | {(args.img_size // patch)**2} + 1 | {name}-{args.arch} '
+                  f'| {"yes" if with_cp else "no"} | {r["time"]:.2f} | {r["growth"]:.0f} |',
+                  flush=True)
+        ratios[patch] = best['Adventurer']['time'] / best['DeiT (PatchViT)']['time']
     print('\n| patch | Adventurer / DeiT step time | paper (A100, B models) |')
     print('|---|---|---|')
     for patch, r in ratios.items():

@@ -19,29 +19,26 @@ installed.
         --transformers-path ~/.cache/patchscale_mm/transformers   # docs/benchmarks.md
     python tools/analysis/benchmark_scan.py --lengths 196 3136 --no-mixer
 
-The sequential reference is a Python loop over tokens: it is timed up to
-``--ref-max-len`` and extrapolated linearly (marked ``~``) beyond.
+The sequential reference is a Python loop over tokens whose autograd
+backward is quadratic in L (every token's slice gradient is a full-length
+tensor): it is timed up to ``--ref-max-len`` and extrapolated linearly beyond
+(marked ``~``, a lower bound).
 
-Peak memory is the growth of the process's peak RSS over the run of one
-call, with glibc told to return large blocks at free (the script re-executes
-itself with MALLOC_MMAP_THRESHOLD_ set) so that freed buffers of earlier runs
-do not hide new ones.
+Peak memory is the growth of peak RSS during one forward+backward, measured
+in a fresh subprocess per implementation and length (so that memory freed by
+earlier runs does not hide it); the inputs are allocated before the baseline.
 """
 import argparse
 import gc
 import os
+import subprocess
 import sys
 import time
 
-MMAP_ENV = 'MALLOC_MMAP_THRESHOLD_'
-if MMAP_ENV not in os.environ and __name__ == '__main__':
-    os.environ[MMAP_ENV] = str(1 << 17)
-    os.execv(sys.executable, [sys.executable] + sys.argv)
+import torch
 
-import torch  # noqa: E402
-
-from patchscale_mm.models.layers import Mamba2Mixer  # noqa: E402
-from patchscale_mm.ops import ssd_scan, ssd_scan_chunked, ssd_scan_ref  # noqa: E402
+from patchscale_mm.models.layers import Mamba2Mixer
+from patchscale_mm.ops import ssd_scan, ssd_scan_chunked, ssd_scan_ref
 
 
 # ---------------------------------------------------------------------------
@@ -56,8 +53,18 @@ def _rss_kib(field):
 
 
 def measure(fn, repeats=1):
-    """Best wall time (s) of ``fn()`` over ``repeats`` runs and the peak RSS
-    growth (MiB) during the first."""
+    """Best wall time (s) of ``fn()`` over ``repeats`` runs."""
+    gc.collect()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def peak_rss_growth(fn):
+    """Peak RSS growth (MiB) while ``fn()`` runs; meaningful in a fresh process."""
     gc.collect()
     try:  # reset the peak-RSS watermark (Linux)
         with open('/proc/self/clear_refs', 'w') as f:
@@ -65,22 +72,29 @@ def measure(fn, repeats=1):
         base = _rss_kib('VmRSS:')
     except OSError:
         base = _rss_kib('VmHWM:')
-    times = []
-    for i in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-        if i == 0:
-            peak = (_rss_kib('VmHWM:') - base) / 1024
-    return min(times), peak
+    fn()
+    return (_rss_kib('VmHWM:') - base) / 1024
+
+
+def probe_memory(args, kind, name, l):
+    """Runs ``--probe kind name l`` in a fresh interpreter; MiB or None."""
+    cmd = [sys.executable, __file__, '--probe', kind, name, str(l), '--batch', str(args.batch),
+           '--heads', str(args.heads), '--headdim', str(args.headdim), '--dstate',
+           str(args.dstate), '--chunk', str(args.chunk), '--threads', str(args.threads or 0)]
+    if args.transformers_path:
+        cmd += ['--transformers-path', args.transformers_path]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        return float(res.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
 
 
 def matmul_peak_gflops(size=1024, repeats=10):
     """fp32 matmul rate with the current thread settings."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b
-    t, _ = measure(lambda: a @ b, repeats)
-    return 2 * size**3 / t / 1e9
+    return 2 * size**3 / measure(lambda: a @ b, repeats) / 1e9
 
 
 # ---------------------------------------------------------------------------
@@ -106,7 +120,8 @@ SCANS = {
 }
 
 
-def time_scan(fn, inp, repeats):
+def scan_steps(fn, inp):
+    """(forward without grad, forward+backward) closures."""
     leaves = {k: v.clone().requires_grad_(True) for k, v in inp.items()}
     gy = torch.randn(inp['x'].shape)
 
@@ -119,9 +134,7 @@ def time_scan(fn, inp, repeats):
             v.grad = None
         fn(**leaves, dt_softplus=True).backward(gy)
 
-    t_f, _ = measure(fwd, repeats)
-    t_fb, peak = measure(fwd_bwd, repeats)
-    return t_f, t_fb, peak
+    return fwd, fwd_bwd
 
 
 def fmt_ms(t, approx=False):
@@ -145,9 +158,12 @@ def bench_scan(args, peak_gflops):
                 t_f, t_fb, peak = ref_rate[0] * l, ref_rate[1] * l, None
             else:
                 reps = 1 if name == 'reference' else args.repeats
-                t_f, t_fb, peak = time_scan(make(args.chunk), inp, reps)
+                fwd, fwd_bwd = scan_steps(make(args.chunk), inp)
+                t_f, t_fb = measure(fwd, reps), measure(fwd_bwd, reps)
                 if name == 'reference':
                     ref_rate = (t_f / l, t_fb / l)
+                peak = (probe_memory(args, 'scan', name, l)
+                        if name != 'reference' or l <= args.ref_mem_max_len else None)
             results[l, name] = (t_f, t_fb, approx)
             mem = f'{peak:.0f}' if peak is not None else 'n/a'
             print(f'| {l} | {name} | {fmt_ms(t_f, approx)} | {fmt_ms(t_fb, approx)} | {mem} |',
@@ -187,6 +203,54 @@ def hf_mixer(hidden, heads, headdim, dstate, chunk, path=None):
     return HFMixer(cfg, layer_idx=0).train(), None
 
 
+MIXERS = ('ours, C++ kernel', 'ours, chunked torch scan',
+          'transformers Mamba2Mixer (torch path)')
+
+
+class scan_backend:
+    """Sets PATCHSCALE_SCAN_BACKEND for a block (None: leave it)."""
+
+    def __init__(self, backend):
+        self.backend, self.old = backend, None
+
+    def __enter__(self):
+        self.old = os.environ.get('PATCHSCALE_SCAN_BACKEND')
+        if self.backend is not None:
+            os.environ['PATCHSCALE_SCAN_BACKEND'] = self.backend
+
+    def __exit__(self, *exc):
+        if self.old is None:
+            os.environ.pop('PATCHSCALE_SCAN_BACKEND', None)
+        else:
+            os.environ['PATCHSCALE_SCAN_BACKEND'] = self.old
+
+
+def run_probe(args):
+    """Prints the peak RSS growth (MiB) of one forward+backward."""
+    kind, name, l = args.probe[0], args.probe[1], int(args.probe[2])
+    if kind == 'scan':
+        inp = scan_inputs(args.batch, l, args.heads, args.headdim, args.dstate)
+        step = scan_steps(SCANS[name](args.chunk), inp)[1]
+        backend = None
+    else:
+        hidden = args.heads * args.headdim // 2
+        if name == MIXERS[2]:
+            mixer, _ = hf_mixer(hidden, args.heads, args.headdim, args.dstate, args.chunk,
+                                args.transformers_path)
+        else:
+            mixer = Mamba2Mixer(hidden, d_state=args.dstate, headdim=args.headdim,
+                                chunk_size=args.chunk).train()
+        u = torch.randn(args.batch, l, hidden, requires_grad=True)
+        gy = torch.randn(args.batch, l, hidden)
+
+        def step():
+            mixer(u).backward(gy)
+
+        backend = {MIXERS[0]: 'cpp', MIXERS[1]: 'torch'}.get(name)
+    with scan_backend(backend):
+        print(f'{peak_rss_growth(step):.1f}')
+
+
 def bench_mixer(args):
     hidden = args.heads * args.headdim // 2
     print(f'\n### Mamba-2 mixer: hidden {hidden}, {args.heads} heads x {args.headdim}, '
@@ -198,9 +262,9 @@ def bench_mixer(args):
                               args.transformers_path)
     if theirs is None:
         print(f'(transformers\' mixer skipped: {reason})\n')
-    mixers = [('ours, C++ kernel', ours, 'cpp'), ('ours, chunked torch scan', ours, 'torch')]
+    mixers = [(MIXERS[0], ours, 'cpp'), (MIXERS[1], ours, 'torch')]
     if theirs is not None:
-        mixers.append(('transformers Mamba2Mixer (torch path)', theirs, None))
+        mixers.append((MIXERS[2], theirs, None))
     print('| L | mixer | fwd+bwd ms | peak MiB | transformers / this |')
     print('|---|---|---|---|---|')
     for l in args.mixer_lengths:
@@ -212,22 +276,15 @@ def bench_mixer(args):
                 mixer.zero_grad(set_to_none=True)
                 mixer(u).backward(gy)
 
-            old = os.environ.get('PATCHSCALE_SCAN_BACKEND')
-            if backend is not None:
-                os.environ['PATCHSCALE_SCAN_BACKEND'] = backend
-            try:
+            with scan_backend(backend):
                 step()  # warm-up
-                t, peak = measure(step, args.repeats)
-            finally:
-                if old is None:
-                    os.environ.pop('PATCHSCALE_SCAN_BACKEND', None)
-                else:
-                    os.environ['PATCHSCALE_SCAN_BACKEND'] = old
-            rows.append((name, t, peak))
+                t = measure(step, args.repeats)
+            rows.append((name, t, probe_memory(args, 'mixer', name, l)))
         t_hf = rows[-1][1] if theirs is not None else None
         for name, t, peak in rows:
             ratio = f'{t_hf / t:.2f}x' if t_hf is not None else 'n/a'
-            print(f'| {l} | {name} | {fmt_ms(t)} | {peak:.0f} | {ratio} |', flush=True)
+            mem = f'{peak:.0f}' if peak is not None else 'n/a'
+            print(f'| {l} | {name} | {fmt_ms(t)} | {mem} | {ratio} |', flush=True)
 
 
 def parse_args(argv=None):
@@ -244,7 +301,10 @@ def parse_args(argv=None):
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--threads', type=int, default=None,
                         help='torch threads (default: torch\'s choice)')
+    parser.add_argument('--ref-mem-max-len', type=int, default=3136,
+                        help='measure the reference\'s memory up to this length')
     parser.add_argument('--no-mixer', action='store_true')
+    parser.add_argument('--probe', nargs=3, default=None, help=argparse.SUPPRESS)
     parser.add_argument('--transformers-path', default=None,
                         help='folder holding transformers (pip install --target DIR), '
                         'imported only for its Mamba2Mixer')
@@ -255,6 +315,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.probe:
+        return run_probe(args)
     from patchscale_mm.ops.ssd_kernel import load_kernels
     ok, reason = load_kernels('cpu')
     if not ok:

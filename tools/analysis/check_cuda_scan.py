@@ -31,7 +31,7 @@ CASES = [
     (1, 50, 6, 8, 3, 24, 7, 'channel', True, False, False, True),
     (2, 300, 2, 64, 2, 64, 64, 'head', True, True, True, False),
     (1, 70, 1, 5, 1, 130, 20, None, True, True, True, True),
-    (1, 600, 2, 64, 1, 256, 256, 'channel', True, True, True, True),
+    (1, 600, 2, 64, 1, 256, 64, 'channel', True, True, True, True),
 ]
 
 
