@@ -32,14 +32,21 @@ def apply_cli_options(cfg: Config, args, default_work_dir: str) -> Config:
 
 def _slurm_env_to_torch_env():
     """Sets RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT from Slurm's
-    variables; the first host of the job is the master."""
-    nodes = os.environ['SLURM_NODELIST']
+    variables (those already set win); the first host of the job step runs
+    rank 0 and is the master."""
+    # The step's nodes, not the job's (SLURM_NODELIST): an srun inside a
+    # larger sbatch allocation may run on a subset of them.
+    nodes = os.environ.get('SLURM_STEP_NODELIST',
+                           os.environ['SLURM_NODELIST'])
     if 'MASTER_ADDR' not in os.environ:
         first = subprocess.run(['scontrol', 'show', 'hostname', nodes],
                                check=True, capture_output=True,
                                text=True).stdout.split()[0]
         os.environ['MASTER_ADDR'] = first
-    os.environ.setdefault('MASTER_PORT', '29500')
+    # One port per job, so that jobs sharing a node (CPU nodes, GPU nodes
+    # split between jobs) do not collide; below Linux's ephemeral range.
+    job_id = int(os.environ.get('SLURM_JOB_ID', 0))
+    os.environ.setdefault('MASTER_PORT', str(15000 + job_id % 10000))
     os.environ['RANK'] = os.environ['SLURM_PROCID']
     os.environ['WORLD_SIZE'] = os.environ['SLURM_NTASKS']
     os.environ['LOCAL_RANK'] = os.environ.get('SLURM_LOCALID', '0')
