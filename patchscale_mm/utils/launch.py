@@ -7,6 +7,7 @@ MMEngine 0.10 assumes GPUs when distributed: its launchers call
 process group already exists, so on CPU we start a gloo group ourselves and
 adapt the config (no device ids, no SyncBN).
 """
+import datetime
 import logging
 import os
 import subprocess
@@ -76,10 +77,14 @@ def init_cpu_distributed(cfg: Config) -> bool:
         raise ValueError(f'launcher {cfg.launcher!r} is not supported '
                          'without a GPU; use pytorch or slurm')
     if not dist.is_initialized():
+        # A lost node otherwise leaves the others waiting in a collective
+        # for torch's default 30 minutes.
+        timeout = int(os.environ.get('PATCHSCALE_DIST_TIMEOUT', 1800))
         dist.init_process_group(
             backend='gloo',
             rank=int(os.environ['RANK']),
-            world_size=int(os.environ['WORLD_SIZE']))
+            world_size=int(os.environ['WORLD_SIZE']),
+            timeout=datetime.timedelta(seconds=timeout))
     cfg.env_cfg = cfg.get('env_cfg', ConfigDict())
     cfg.env_cfg.dist_cfg = dict(backend='gloo')
     wrapper = dict(cfg.get('model_wrapper_cfg') or {})
