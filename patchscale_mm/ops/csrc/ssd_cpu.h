@@ -22,8 +22,9 @@ struct SSDParams {
   void *ckpt;                      // (b,h,nchunks,n,p) state entering each chunk; may be null
   // Backward inputs (x..init and ckpt as above).
   const void *dout, *dfinal;       // (b,l,h,p) (b,h,p,n); dfinal may be null
-  // Backward outputs. dB/dC are per head, (b,l,h,n): the caller sums the
-  // heads of a group, so heads never write to the same address.
+  // Backward outputs. dB/dC (b,l,g,n) are accumulated (+=) into zeroed
+  // buffers of the calling thread: heads of one group may run on different
+  // threads, and the caller sums the threads' buffers.
   void *dx, *ddt, *dB, *dC;        // dx (b,l,h,p); ddt w.r.t. raw dt (b,l,h)
   void *dA, *dD, *dz, *dinit;      // dA (b,h); dD (b,h,p) or null; dz or null; dinit or null
 };

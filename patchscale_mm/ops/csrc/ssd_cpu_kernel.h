@@ -402,8 +402,8 @@ static void bwd_kernel(const SSDParams &P, int64_t bh0, int64_t bh1) {
             prefetch_row<1>(dx + tk * Pd, Pd);
             prefetch_row<1>(dz ? dz + tk * Pd : nullptr, Pd);
             prefetch_row(Cm + bk, N);
-            prefetch_row<1>(dB + tk * N, N);
-            prefetch_row<1>(dC + tk * N, N);
+            prefetch_row<1>(dB + bk, N);
+            prefetch_row<1>(dC + bk, N);
           }
           const T *xr = x + tok * Pd, *gr = dout + tok * Pd;
           const T *zr = z ? z + tok * Pd : nullptr;
@@ -433,10 +433,10 @@ static void bwd_kernel(const SSDParams &P, int64_t bh0, int64_t bh1) {
           }
           ddt[tok] = (dtx + ada * Ah) * dfac[k];
           dA_acc += ada * dtv[k];
-          T *dBr = dB + tok * N, *dCr = dC + tok * N;
+          T *dBr = dB + bc, *dCr = dC + bc;  // this thread's sum over heads
           for (int64_t n = 0; n < N; ++n) {
-            dBr[n] = dBn.ptr[n];
-            dCr[n] = dCn.ptr[n];
+            dBr[n] += dBn.ptr[n];
+            dCr[n] += dCn.ptr[n];
           }
         }
       }
