@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -140,7 +141,10 @@ def count_params_and_flops(run: Run, config: Path) -> tuple:
     cfg = Config.fromfile(str(config))
     init_default_scope(cfg.default_scope)
     registry = importlib.import_module(f'{cfg.default_scope}.registry')
-    with torch.device('meta'):
+    # Deprecation notices of the downstream builders would drown the
+    # sweep's progress lines; the run's own log keeps them.
+    with torch.device('meta'), warnings.catch_warnings():
+        warnings.simplefilter('ignore')
         model = registry.MODELS.build(cfg.model)
     params = sum(p.numel() for p in model.parameters())
     backbone = cfg.model.backbone
