@@ -23,6 +23,16 @@ CPP_OK, CPP_REASON = load_kernels('cpu')
 needs_cpp = pytest.mark.skipif(not CPP_OK, reason=f'C++ kernel not built: {CPP_REASON}')
 
 
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    """These shapes are small: a second thread only adds waiting, a lot of it
+    on a loaded 2-vCPU machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def make_inputs(b=2, l=7, h=4, p=3, g=2, n=5, dtype=torch.float64, seed=0,
                 D='head', z=True, dt_bias=True, init=True):
     gen = torch.Generator().manual_seed(seed)
@@ -107,6 +117,22 @@ def test_matches_reference_fp32(case):
     ref = {k: v.double() for k, v in inp.items()}
     assert_matches_ref(inp, rtol=6e-4, atol=2e-3, ref_inp=ref, chunk_size=chunk,
                        dt_softplus=softplus)
+
+
+@needs_cpp
+def test_threads_agree():
+    """Heads of a group on different threads: their dB/dC are summed from
+    per-thread buffers."""
+    inp = make_inputs(b=2, l=40, h=4, p=8, g=2, n=16, seed=5)
+    y1, f1, g1 = run_with_grads(ssd_scan, inp, backend='cpp', chunk_size=16)
+    torch.set_num_threads(2)
+    try:
+        y2, f2, g2 = run_with_grads(ssd_scan, inp, backend='cpp', chunk_size=16)
+    finally:
+        torch.set_num_threads(1)
+    torch.testing.assert_close(y2, y1, rtol=0, atol=0)
+    for k in g1:
+        torch.testing.assert_close(g2[k], g1[k], rtol=1e-12, atol=1e-12, msg=k)
 
 
 @needs_cpp
