@@ -196,7 +196,7 @@ std::vector<at::Tensor> ssd_bwd_cpu(
 
   at::Tensor dB = nthreads == 1 ? dB_t[0] : dB_t.sum(0);
   at::Tensor dC = nthreads == 1 ? dC_t[0] : dC_t.sum(0);
-  at::Tensor ddt_bias = P.dt_bias ? ddt.sum({0, 1}) : at::empty({0}, opt);
+  at::Tensor ddt_bias = P.dt_bias ? ddt.sum(at::IntArrayRef{0, 1}) : at::empty({0}, opt);
   return {dx, ddt, dA_bh.sum(0), dB, dC, has_D ? dD_bh.sum(0) : dD_bh, dz, ddt_bias, dinit};
 }
 

@@ -179,8 +179,8 @@ std::vector<at::Tensor> ssd_bwd_cuda(const at::Tensor &dout, const OptT &dfinal,
                                               : backward<float>(P, stream));
   // dt = f(raw) feeds u = dt x (<x, du>) and a = exp(dt A) (a * da).
   at::Tensor ddt = (dtx + ada * A) * dt_f.second;
-  at::Tensor dA = (ada * dt_f.first).sum({0, 1});
-  at::Tensor ddt_bias = given(dt_bias) ? ddt.sum({0, 1}) : at::empty({0}, opt);
+  at::Tensor dA = (ada * dt_f.first).sum(at::IntArrayRef{0, 1});
+  at::Tensor ddt_bias = given(dt_bias) ? ddt.sum(at::IntArrayRef{0, 1}) : at::empty({0}, opt);
   return {dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinit};
 }
 
