@@ -29,7 +29,7 @@ from patchscale_mm.datasets.fixtures import (make_ade20k_fixture,
                                              make_imagenet_fixture)
 
 DEFAULTS = dict(
-    seg_patches=[8, 4, 2], cls_patches=[8, 4], seg_steps=400, cls_steps=200)
+    seg_patches=[8, 4, 2], cls_patches=[8, 4], seg_steps=300, cls_steps=150)
 FULL = dict(cls_patches=[8, 4, 2, 1], cls_steps=2400)
 
 
