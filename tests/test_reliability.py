@@ -351,7 +351,7 @@ def test_preflight_checks_detection_necks_and_padding(ade):
 
 
 @pytest.mark.parametrize('config', [
-    'configs/cls/deit_b_p4_in1k_128.py', 'configs/cls/adv_l_p8_in1k_224.py',
+    'configs/cls/deit_b_p4_in1k_128.py', 'configs/cls/adv_l_p8_in1k_224_finetune.py',
     'configs/seg/adv_b_p2_upernet_ade20k.py',
     'configs/det/adv_b_p4_cascade-mask-rcnn_coco_1x.py',
     'configs/sweep/fmnist_seg_vit.py', 'tests/configs/cls_tiny.py'

@@ -454,7 +454,11 @@ def checkpoint_problems(cfg: Config, mode: str = 'train') -> List[str]:
             try:
                 check_checkpoint_file(file)
             except CheckpointError as e:
-                problems.append(f'{path}: {e}')
+                # Multi-stage configs load the previous stage's last epoch.
+                hint = (' (train the stage that writes it first, or pass '
+                        f'--cfg-options {path}=FILE)'
+                        if not osp.exists(file) else '')
+                problems.append(f'{path}: {e}{hint}')
     return problems
 
 

@@ -121,8 +121,9 @@ class Adventurer(PlainBackbone):
             (d_state 64, expand 2, d_conv 4, headdim 64, ngroups 1,
             chunk_size 256).
         **kwargs: ``img_size``, ``patch_size``, ``in_channels``,
-            ``out_indices``, ``out_type``, ``final_norm``, ``drop_rate``,
-            ``with_cp``, ``init_cfg``; see :class:`PlainBackbone`.
+            ``embed_patch_size``, ``out_indices``, ``out_type``,
+            ``final_norm``, ``drop_rate``, ``with_cp``, ``init_cfg``; see
+            :class:`PlainBackbone`.
 
     Example:
         >>> model = Adventurer(arch='t', img_size=32, patch_size=2)

@@ -9,7 +9,8 @@ from mmengine.model import BaseModule
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import PatchEmbed, resample_abs_pos_embed, to_2tuple
+from ..layers import (PatchEmbed, resample_abs_pos_embed, resize_token_grid,
+                      to_2tuple)
 from ..layers.patch_embed import check_patch_grid
 
 
@@ -66,6 +67,12 @@ class PlainBackbone(BaseModule):
             embedding is interpolated), as long as the patch size divides them.
         patch_size (int | tuple): Patch size p >= 1 that divides ``img_size``.
         in_channels (int): Input channels. Defaults to 3.
+        embed_patch_size (int | tuple, optional): Patch size of the patch
+            embedding when it differs from ``patch_size``. The embedded tokens
+            are then interpolated (bilinear) to the token grid of
+            ``patch_size``: the sequence gets as long as at ``patch_size``
+            without new information (the paper's "by extending" ablation,
+            Table 5). Defaults to None, i.e. ``patch_size``.
         out_indices (int | Sequence[int]): Blocks whose outputs are returned;
             negative indices count from the end. Defaults to -1.
         out_type (str): ``'cls_token'`` (B, C), ``'featmap'`` (B, C, H/p, W/p),
@@ -91,6 +98,7 @@ class PlainBackbone(BaseModule):
                  img_size: Union[int, Sequence[int]] = 224,
                  patch_size: Union[int, Sequence[int]] = 16,
                  in_channels: int = 3,
+                 embed_patch_size: Optional[Union[int, Sequence[int]]] = None,
                  out_indices: Union[int, Sequence[int]] = -1,
                  out_type: str = 'cls_token',
                  final_norm: bool = True,
@@ -113,7 +121,10 @@ class PlainBackbone(BaseModule):
         self.final_norm = final_norm
         self.with_cp = with_cp
 
-        self.patch_embed = PatchEmbed(self.patch_size, in_channels,
+        embed_patch_size = to_2tuple(
+            embed_patch_size or self.patch_size, 'embed_patch_size')
+        check_patch_grid(self.img_size, embed_patch_size, 'img_size')
+        self.patch_embed = PatchEmbed(embed_patch_size, in_channels,
                                       self.embed_dims)
         num_patches = self.patch_resolution[0] * self.patch_resolution[1]
         self.cls_token = nn.Parameter(torch.zeros(1, 1, self.embed_dims))
@@ -153,7 +164,11 @@ class PlainBackbone(BaseModule):
     # -- forward --------------------------------------------------------------
     def embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """Image (B, C, H, W) -> tokens with the class token, positions added."""
+        img_size = x.shape[-2:]
         x, grid = self.patch_embed(x)
+        if self.patch_embed.patch_size != self.patch_size:
+            new_grid = check_patch_grid(img_size, self.patch_size, 'input size')
+            x, grid = resize_token_grid(x, grid, new_grid), new_grid
         cls_token = self.cls_token.expand(x.shape[0], -1, -1)
         x = torch.cat([x, cls_token] if self.cls_token_last else
                       [cls_token, x], dim=1)

@@ -66,8 +66,9 @@ class PatchViT(PlainBackbone):
         attn_drop_rate (float): Attention dropout. Defaults to 0.
         qkv_bias (bool): Bias in the qkv projection. Defaults to True.
         **kwargs: ``img_size``, ``patch_size``, ``in_channels``,
-            ``out_indices``, ``out_type``, ``final_norm``, ``drop_rate``,
-            ``with_cp``, ``init_cfg``; see :class:`PlainBackbone`.
+            ``embed_patch_size``, ``out_indices``, ``out_type``,
+            ``final_norm``, ``drop_rate``, ``with_cp``, ``init_cfg``; see
+            :class:`PlainBackbone`.
 
     Example:
         >>> model = PatchViT(arch='t', img_size=64, patch_size=4)

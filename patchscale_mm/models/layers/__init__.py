@@ -2,9 +2,9 @@ from .attention import Attention
 from .drop_path import DropPath
 from .mamba2 import GatedRMSNorm, Mamba2Mixer
 from .patch_embed import PatchEmbed, to_2tuple
-from .pos_embed import resample_abs_pos_embed
+from .pos_embed import resample_abs_pos_embed, resize_token_grid
 
 __all__ = [
     'Attention', 'DropPath', 'GatedRMSNorm', 'Mamba2Mixer', 'PatchEmbed', 'to_2tuple',
-    'resample_abs_pos_embed'
+    'resample_abs_pos_embed', 'resize_token_grid'
 ]

@@ -45,14 +45,36 @@ def resample_abs_pos_embed(posemb: torch.Tensor,
     prefix = posemb[:, :num_prefix_tokens]
     grid = posemb[:, num_prefix_tokens:num_prefix_tokens + num_grid]
     suffix = posemb[:, num_prefix_tokens + num_grid:]
-    dim = posemb.shape[-1]
+    grid = resize_token_grid(grid, old_size, new_size, interpolation,
+                             antialias)
+    return torch.cat([prefix, grid, suffix], dim=1)
+
+
+def resize_token_grid(tokens: torch.Tensor,
+                      old_size: Sequence[int],
+                      new_size: Sequence[int],
+                      interpolation: str = 'bilinear',
+                      antialias: bool = False) -> torch.Tensor:
+    """Interpolates (B, H*W, D) grid tokens to (B, H'*W', D) in 2-D.
+
+    Args:
+        tokens (Tensor): Row-major grid tokens of shape (B, H*W, D).
+        old_size (Sequence[int]): The grid (H, W) of ``tokens``.
+        new_size (Sequence[int]): Target grid (H', W').
+        interpolation (str): Any 2-D mode of ``F.interpolate``, e.g.
+            ``'bilinear'`` or ``'bicubic'``. Defaults to ``'bilinear'``.
+        antialias (bool): Antialias when shrinking. Defaults to False.
+    """
+    (h, w), new_size = tuple(old_size), tuple(new_size)
+    if (h, w) == new_size:
+        return tokens
+    batch, _, dim = tokens.shape
     # Interpolate in fp32: bicubic is not implemented for half on CPU.
-    grid = grid.reshape(1, *old_size, dim).permute(0, 3, 1, 2).float()
+    grid = tokens.reshape(batch, h, w, dim).permute(0, 3, 1, 2).float()
     grid = F.interpolate(
         grid,
         size=new_size,
         mode=interpolation,
         align_corners=False,
         antialias=antialias)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim).to(posemb.dtype)
-    return torch.cat([prefix, grid, suffix], dim=1)
+    return grid.flatten(2).transpose(1, 2).to(tokens.dtype)
