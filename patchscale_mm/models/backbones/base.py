@@ -5,6 +5,7 @@ OpenMMLab heads want to read them (``out_type``, ``out_indices``).
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
+from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -12,6 +13,7 @@ from torch.utils.checkpoint import checkpoint
 from ..layers import (PatchEmbed, resample_abs_pos_embed, resize_token_grid,
                       to_2tuple)
 from ..layers.patch_embed import check_patch_grid
+from .checkpoint_filter import adapt_backbone_state_dict
 
 
 def resolve_arch(arch: Union[str, dict], arch_zoo: Dict[str, dict],
@@ -214,3 +216,18 @@ class PlainBackbone(BaseModule):
         if name.startswith('layers.'):
             return int(name.split('.')[1]) + 1, num_depths
         return num_depths - 1, num_depths
+
+    # -- checkpoint loading ---------------------------------------------------
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Resamples a checkpoint's ``pos_embed`` and patch-embedding kernel
+        to this model's grid and patch size before they are loaded, so that
+        ``init_cfg=dict(type='Pretrained')``, ``load_from`` and
+        ``load_checkpoint`` accept weights of another resolution or patch
+        size (see :func:`adapt_backbone_state_dict`)."""
+        changes = adapt_backbone_state_dict(
+            state_dict, prefix, self.patch_resolution, self.num_extra_tokens,
+            self.pos_embed.shape, self.patch_embed.projection.weight.shape)
+        if changes:
+            print_log(f'{self.family}: resampled checkpoint weights: '
+                      f'{", ".join(changes)}', logger='current')
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
