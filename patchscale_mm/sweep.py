@@ -17,7 +17,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP_CONFIGS = ROOT / 'configs' / 'sweep'
@@ -56,40 +56,81 @@ class Run:
 
 def plan_runs(tasks: Sequence[str], families: Sequence[str],
               patches: Dict[str, Sequence[int]], steps: Dict[str, int],
-              img_size: int = 32) -> List[Run]:
+              img_size: Union[int, Dict[str, int]] = 32) -> List[Run]:
     """Runs in the order they execute: per task, per family, large patches
-    first (cheap runs give early results)."""
+    first (cheap runs give early results). ``img_size`` is one input size
+    for every task or a dict task -> size."""
     runs = []
     for task in tasks:
         if task not in TASKS:
             raise ValueError(f'unknown task {task!r}; valid: {TASKS}')
         if steps[task] < 1:
             raise ValueError(f'{task} steps must be >= 1, got {steps[task]}')
+        size = img_size[task] if isinstance(img_size, dict) else img_size
         for family in families:
             if family not in FAMILIES:
                 raise ValueError(f'unknown family {family!r}; valid: vit, '
                                  'adventurer')
             family = 'vit' if FAMILIES[family] == 'vit' else 'adventurer'
             for patch in sorted(patches[task], reverse=True):
-                if patch < 1 or img_size % patch:
+                if patch < 1 or size % patch:
                     raise ValueError(
-                        f'patch size {patch} does not divide the {img_size}px '
-                        f'images of the {task} task; use divisors of '
-                        f'{img_size}')
-                runs.append(Run(task, family, patch, steps[task], img_size))
+                        f'patch size {patch} does not divide the {size}px '
+                        f'images of the {task} task; use divisors of {size}')
+                runs.append(Run(task, family, patch, steps[task], size))
     return runs
+
+
+# A user's classification images, of any size and colour: resized to the
+# sweep's square input and normalised with ImageNet's statistics.
+USER_DATA_PREPROCESSOR = dict(
+    mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
+
+
+def user_data_pipelines(img_size: int) -> tuple:
+    """(train, test) pipelines that resize any image to img_size^2."""
+    resize = dict(type='Resize', scale=(img_size, img_size),
+                  interpolation='bicubic')
+    train = [dict(type='LoadImageFromFile'), resize,
+             dict(type='RandomFlip', prob=0.5, direction='horizontal'),
+             dict(type='PackInputs')]
+    test = [dict(type='LoadImageFromFile'), resize, dict(type='PackInputs')]
+    return train, test
+
+
+def user_dataset(data_root: str, split: str, pipeline: list) -> dict:
+    """``split/`` of an ImageNet-layout folder, with ``meta/<split>.txt``
+    when there is one, else labelled by class folder (any number of
+    classes, unlike mmpretrain's ``ImageNet`` type)."""
+    ann_file = Path(data_root, 'meta', f'{split}.txt')
+    return dict(
+        _delete_=True,
+        type='CustomDataset',
+        data_root=data_root,
+        data_prefix=split,
+        ann_file=str(ann_file) if ann_file.exists() else '',
+        pipeline=pipeline)
 
 
 def run_config(run: Run, data_root: str, batch_size: Optional[int] = None,
                num_classes: Optional[int] = None,
                train_limit: Optional[int] = None,
                val_limit: Optional[int] = None) -> str:
-    """The text of the run's config: the sweep config plus overrides."""
+    """The text of the run's config: the sweep config plus overrides.
+
+    ``num_classes`` marks a user's classification data (``--data-root``):
+    its images are resized to ``run.img_size`` whatever their size.
+    """
     model = dict(backbone=dict(patch_size=run.patch))
-    if num_classes:  # a user's classification data set
-        model['head'] = dict(num_classes=num_classes)
     train = dict(dataset=dict(data_root=data_root))
     val = dict(dataset=dict(data_root=data_root))
+    if num_classes:  # a user's classification data set
+        model['backbone']['img_size'] = run.img_size
+        model['head'] = dict(num_classes=num_classes)
+        pipelines = user_data_pipelines(run.img_size)
+        for loader, split, pipeline in ((train, 'train', pipelines[0]),
+                                        (val, 'val', pipelines[1])):
+            loader['dataset'] = user_dataset(data_root, split, pipeline)
     if batch_size:
         train['batch_size'] = batch_size
     if train_limit:  # MMEngine datasets keep the first ``indices`` samples
@@ -109,7 +150,8 @@ def run_config(run: Run, data_root: str, batch_size: Optional[int] = None,
         'test_dataloader = val_dataloader',
     ]
     if num_classes:
-        lines.append(f'data_preprocessor = dict(num_classes={num_classes})')
+        preprocessor = dict(USER_DATA_PREPROCESSOR, num_classes=num_classes)
+        lines.append(f'data_preprocessor = {preprocessor!r}')
     return '\n'.join(lines) + '\n'
 
 

@@ -79,3 +79,41 @@ def test_run_config_overrides_only_patch_steps_and_data(tmp_path):
     # The rest comes from the shipped sweep config.
     assert cfg.model.backbone.arch.embed_dims == 64
     assert cfg.model.decode_head.type == 'patchscale_mm.LinearSegHead'
+
+
+def write_class_folders(root: Path) -> Path:
+    """An ImageNet-layout folder of real images (two Fashion-MNIST classes)
+    at mixed, non-square sizes, as a user's own data would come."""
+    from PIL import Image
+
+    from patchscale_mm.datasets.fashion_mnist import load_fashion_mnist
+    images, labels = load_fashion_mnist('test')
+    sizes = [(20, 24), (48, 40), (33, 33), (64, 16)]
+    picked = [i for i in range(len(labels)) if labels[i] in (0, 1)][:24]
+    for n, i in enumerate(picked):
+        split = 'train' if n < 16 else 'val'
+        folder = root / split / f'class{labels[i]}'
+        folder.mkdir(parents=True, exist_ok=True)
+        image = Image.fromarray(images[i]).convert('RGB')
+        image.resize(sizes[n % len(sizes)]).save(folder / f'{n}.png')
+    return root
+
+
+def test_sweep_on_a_users_folder_of_any_image_size(tmp_path):
+    data = write_class_folders(tmp_path / 'digits')
+    out = sweep_cli('--work-dir', tmp_path / 'sweep', '--data-cache',
+                    tmp_path / 'cache', '--tasks', 'cls', '--families', 'vit',
+                    '--data-root', data, '--img-size', 16, '--cls-patches', 4,
+                    2, '--cls-steps', 2, '--batch-size', 4)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    records = json.loads((tmp_path / 'sweep' / 'results.json').read_text())
+    assert [(r['patch'], r['tokens']) for r in records] == [(4, 16), (2, 64)]
+    assert all(0 <= r['metric'] <= 100 for r in records)
+    assert not (tmp_path / 'cache').exists()  # Fashion-MNIST not needed
+
+
+def test_img_size_needs_a_users_folder(tmp_path):
+    out = sweep_cli('--work-dir', tmp_path / 'w', '--img-size', 64,
+                    timeout=120)
+    assert out.returncode != 0
+    assert '--img-size applies to --data-root' in out.stderr

@@ -17,7 +17,7 @@ fits.json, scaling_law.png and each run's logs and config.
 
     python tools/patch_scaling_sweep.py
     python tools/patch_scaling_sweep.py --full         # cls to patch 1, hours
-    python tools/patch_scaling_sweep.py --tasks cls --data-root my_imagenet_style
+    python tools/patch_scaling_sweep.py --tasks cls --data-root my_imagenet_style --img-size 64
 """
 import argparse
 import sys
@@ -60,7 +60,11 @@ def parse_args(argv=None):
         '--data-root',
         help='classification data in ImageNet layout (train/ and val/ with '
         'meta/{train,val}.txt or class folders) instead of Fashion-MNIST; '
-        'images must be 32x32')
+        'images of any size are resized to --img-size')
+    parser.add_argument(
+        '--img-size', type=int, default=32,
+        help='with --data-root: the square input size (default 32); the '
+        'patch sizes must divide it')
     parser.add_argument(
         '--data-cache', default='data',
         help='where the Fashion-MNIST datasets are written once')
@@ -130,7 +134,11 @@ def main(argv=None):
     steps = dict(seg=setting('seg_steps'), cls=setting('cls_steps'))
     # Check everything cheap before any data or model is built.
     try:
-        runs = sweep.plan_runs(tasks, args.families, patches, steps)
+        if args.img_size != 32 and not args.data_root:
+            raise ValueError('--img-size applies to --data-root; the '
+                             'Fashion-MNIST tasks are 32x32')
+        runs = sweep.plan_runs(tasks, args.families, patches, steps,
+                               dict(seg=32, cls=args.img_size))
     except ValueError as e:
         raise SystemExit(f'error: {e}')
     if args.data_root and not Path(args.data_root).is_dir():
