@@ -6,6 +6,16 @@ from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
 
+# Package data under patchscale_mm/.mim, where OpenMMLab tools look for a
+# package's configs and tools: MMEngine resolves `_base_ =
+# 'patchscale_mm::seg/...'` in .mim/configs and mim runs .mim/tools. In the
+# checkout both are symlinks to configs/ and tools/ (an editable install
+# serves the live files); a wheel gets copies.
+MIM_FILES = [
+    '.mim/model-index.yml', '.mim/configs/**/*.py', '.mim/tools/**/*.py',
+    '.mim/tools/**/*.sh'
+]
+
 
 def read_requirements(name):
     """Requirement lines of ``requirements/<name>.txt`` without comments."""
@@ -21,9 +31,10 @@ def scan_extensions():
 
     The C++ CPU kernel is always built. The CUDA kernel is built only where a
     GPU is visible or ``PATCHSCALE_FORCE_CUDA=1`` (e.g. a GPU-less image
-    builder), and only with a CUDA torch and toolkit: compiling it takes
-    minutes and nothing on a CPU machine would use it. Either way the package
-    installs; a kernel that is not built falls back to the PyTorch scan.
+    builder), never with ``PATCHSCALE_FORCE_CUDA=0``, and only with a CUDA
+    torch and toolkit: compiling it takes minutes and nothing on a CPU
+    machine would use it. Either way the package installs; a kernel that is
+    not built falls back to the PyTorch scan.
     """
     try:
         import torch
@@ -44,9 +55,12 @@ def scan_extensions():
             depends=[str(csrc / f) for f in ('ssd_cpu.h', 'ssd_cpu_kernel.h')],
             extra_compile_args=cxx)
     ]
-    want_cuda = (torch.cuda.is_available()
-                 or os.environ.get('PATCHSCALE_FORCE_CUDA') == '1')
-    if not want_cuda:
+    force = os.environ.get('PATCHSCALE_FORCE_CUDA')
+    want_cuda = force == '1' or (force != '0' and torch.cuda.is_available())
+    if force == '0':
+        print('patchscale_mm: PATCHSCALE_FORCE_CUDA=0; skipping the CUDA scan '
+              'kernel', file=sys.stderr)
+    elif not want_cuda:
         print('patchscale_mm: no GPU visible (PATCHSCALE_FORCE_CUDA=1 to force); '
               'skipping the CUDA scan kernel', file=sys.stderr)
     elif torch.version.cuda is None or CUDA_HOME is None:
@@ -77,6 +91,7 @@ setup(
     long_description=(HERE / 'README.md').read_text(),
     long_description_content_type='text/markdown',
     packages=find_packages(exclude=('tests', 'tests.*', 'configs', 'tools')),
+    package_data={'patchscale_mm': MIM_FILES},
     python_requires='>=3.9',
     install_requires=read_requirements('runtime'),
     extras_require={
