@@ -99,10 +99,11 @@ def test_variant_resolves_from_the_checkout(tmp_path):
     """In the checkout (editable install) patchscale_mm/.mim links to the
     live configs; no object is left in the package's scope, where mmseg's
     classes are unknown."""
+    import patchscale_mm
     from patchscale_mm.cli import load_config
     (tmp_path / 'variant.py').write_text(VARIANT)
     cfg = load_config(str(tmp_path / 'variant.py'))
-    mim = ROOT / 'patchscale_mm' / '.mim' / 'configs'
+    mim = Path(patchscale_mm.__file__).parent / '.mim' / 'configs'
     assert f'{mim}/seg/adv_b_p2_linear_ade20k.py' in cfg.text
     assert cfg.model.backbone.arch == 's'
     assert cfg.model.backbone.patch_size == 4
