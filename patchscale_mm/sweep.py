@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
-ROOT = Path(__file__).resolve().parents[1]
-SWEEP_CONFIGS = ROOT / 'configs' / 'sweep'
+# The shipped configs, in a checkout and in an installed wheel alike.
+SWEEP_CONFIGS = Path(__file__).parent / '.mim' / 'configs' / 'sweep'
 FAMILIES = {'vit': 'vit', 'deit': 'vit', 'adventurer': 'adv', 'adv': 'adv'}
 TASKS = ('seg', 'cls')
 # What each task reports: (metric key in MMEngine's scalars, its name).
@@ -206,7 +206,7 @@ def count_params_and_flops(run: Run, config: Path) -> tuple:
 def train(run: Run, config: Path, work_dir: Path, log) -> float:
     """Runs tools/train.py, echoing its training progress; returns seconds."""
     start = time.time()
-    cmd = [sys.executable, str(ROOT / 'tools' / 'train.py'), str(config),
+    cmd = [sys.executable, '-m', 'patchscale_mm.train', str(config),
            '--work-dir', str(work_dir)]
     with open(work_dir / 'train.log', 'w') as out:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,

@@ -163,3 +163,40 @@ def test_three_stage_chain_runs_end_to_end(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     assert 'accuracy/top1' in out.stdout + out.stderr
+
+
+def test_segmentation_starts_from_the_classification_chain(tmp_path):
+    """The seg config's backbone loads the last classification stage of the
+    same patch size (the paper's protocol): every weight arrives unchanged,
+    and the 224 px position grid serves 512 px crops by interpolation."""
+    from mmengine.registry import init_default_scope
+    from mmpretrain.registry import MODELS as CLS_MODELS
+    from mmseg.registry import MODELS as SEG_MODELS
+
+    tiny = dict(arch=dict(embed_dims=32, num_layers=2, mlp_dims=48),
+                mixer_cfg=dict(headdim=16, d_state=8, chunk_size=16))
+    cls_cfg = Config.fromfile(str(CLS / 'adv_t_p16_in1k_224_finetune.py'))
+    cls_cfg.model.backbone.update(tiny)
+    cls_cfg.model.head.in_channels = 32
+    init_default_scope('mmpretrain')
+    classifier = CLS_MODELS.build(cls_cfg.model)
+    seg_cfg = Config.fromfile(
+        str(ROOT / 'configs' / 'seg' / 'adv_t_p16_linear_ade20k.py'))
+    init = seg_cfg.model.backbone.init_cfg
+    assert init.checkpoint == ('work_dirs/adv_t_p16_in1k_224_finetune/'
+                               f'epoch_{cls_cfg.train_cfg.max_epochs}.pth')
+    init.checkpoint = str(tmp_path / 'epoch_20.pth')
+    torch.save({'state_dict': classifier.state_dict()}, init.checkpoint)
+
+    seg_cfg.model.backbone.update(tiny)
+    seg_cfg.model.decode_head.in_channels = 32
+    init_default_scope('mmseg')
+    segmentor = SEG_MODELS.build(seg_cfg.model)
+    segmentor.init_weights()
+    theirs = classifier.backbone.state_dict()
+    for name, value in segmentor.backbone.state_dict().items():
+        torch.testing.assert_close(value, theirs[name], msg=name)
+    segmentor.eval()
+    with torch.no_grad():
+        logits = segmentor(torch.randn(1, 3, 64, 96), mode='tensor')
+    assert logits.shape == (1, 150, 4, 6) and logits.isfinite().all()

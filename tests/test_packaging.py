@@ -26,7 +26,8 @@ VARIANT = """\
 _base_ = 'patchscale_mm::seg/adv_b_p2_linear_ade20k.py'
 # Adventurer-S with 4x4 patches on the paper's ADE20k linear-head recipe.
 model = dict(
-    backbone=dict(arch='s', patch_size=4),
+    backbone=dict(arch='s', patch_size=4, init_cfg=dict(
+        checkpoint='work_dirs/adv_s_p4_in1k_224_finetune/epoch_20.pth')),
     decode_head=dict(in_channels=384))
 """
 
@@ -40,7 +41,8 @@ model = dict(
     backbone=dict(
         arch=dict(_delete_=True, embed_dims=32, num_layers=2, mlp_dims=48),
         img_size=64,
-        mixer_cfg=dict(headdim=16, d_state=8, chunk_size=16)),
+        mixer_cfg=dict(headdim=16, d_state=8, chunk_size=16),
+        init_cfg=None),  # from scratch: no classification stage here
     decode_head=dict(in_channels=32),
     test_cfg=dict(mode='whole'))
 train_pipeline = [

@@ -270,7 +270,8 @@ def test_tools_refuse_a_malicious_checkpoint(malicious, ade):
               expect_ok=False)
     assert 'error: refusing to load checkpoint' in log
     # tools/train.py's pre-flight (wired as in the bad-config test below).
-    pretrained = dict(type='Pretrained', checkpoint=str(path))
+    # (_delete_: the tiny config trains from scratch, init_cfg=None.)
+    pretrained = dict(_delete_=True, type='Pretrained', checkpoint=str(path))
     found = problems(SEG, ade, {
         'load_from': str(path),
         'model.backbone.init_cfg': pretrained

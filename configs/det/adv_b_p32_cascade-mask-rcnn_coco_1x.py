@@ -7,5 +7,14 @@ _base_ = [
 ]
 model = dict(
     data_preprocessor=dict(pad_size_divisor=32),
-    backbone=dict(arch='b', img_size=224, patch_size=32),
+    backbone=dict(
+        arch='b',
+        img_size=224,
+        patch_size=32,
+        # Classification stage 3: configs/cls/adv_b_p16_in1k_224_finetune.py
+        # (no classifier at this patch: patch 16, resized on load).
+        init_cfg=dict(
+            type='Pretrained',
+            checkpoint='work_dirs/adv_b_p16_in1k_224_finetune/epoch_20.pth',
+            prefix='backbone.')),
     neck=dict(in_channels=768, in_stride=32))

@@ -7,5 +7,14 @@ _base_ = [
 ]
 model = dict(
     data_preprocessor=dict(pad_size_divisor=64),
-    backbone=dict(arch='t', img_size=256, patch_size=64),
+    backbone=dict(
+        arch='t',
+        img_size=256,
+        patch_size=64,
+        # Classification stage 3: configs/cls/adv_t_p16_in1k_224_finetune.py
+        # (no classifier at this patch: patch 16, resized on load).
+        init_cfg=dict(
+            type='Pretrained',
+            checkpoint='work_dirs/adv_t_p16_in1k_224_finetune/epoch_20.pth',
+            prefix='backbone.')),
     neck=dict(in_channels=256, in_stride=64))

@@ -7,5 +7,14 @@ _base_ = [
 ]
 model = dict(
     data_preprocessor=dict(pad_size_divisor=32),
-    backbone=dict(arch='t', img_size=224, patch_size=8),
+    backbone=dict(
+        arch='t',
+        img_size=224,
+        patch_size=8,
+        # Classification stage 3: configs/cls/adv_t_p8_in1k_224_finetune.py
+        # (position grid interpolated to the input).
+        init_cfg=dict(
+            type='Pretrained',
+            checkpoint='work_dirs/adv_t_p8_in1k_224_finetune/epoch_20.pth',
+            prefix='backbone.')),
     neck=dict(in_channels=256, in_stride=8))

@@ -6,5 +6,13 @@ _base_ = [
     '../_base_/schedules/seg_160k.py'  # includes the default runtime
 ]
 model = dict(
-    backbone=dict(arch='b', patch_size=16),
+    backbone=dict(
+        arch='b',
+        patch_size=16,
+        # Classification stage 3: configs/cls/adv_b_p16_in1k_224_finetune.py
+        # (position grid interpolated to the input).
+        init_cfg=dict(
+            type='Pretrained',
+            checkpoint='work_dirs/adv_b_p16_in1k_224_finetune/epoch_20.pth',
+            prefix='backbone.')),
     decode_head=dict(in_channels=768))

@@ -6,7 +6,15 @@ _base_ = [
     '../_base_/schedules/seg_160k.py'  # includes the default runtime
 ]
 model = dict(
-    backbone=dict(arch='b', patch_size=8),
+    backbone=dict(
+        arch='b',
+        patch_size=8,
+        # Classification stage 3: configs/cls/adv_b_p8_in1k_224_finetune.py
+        # (position grid interpolated to the input).
+        init_cfg=dict(
+            type='Pretrained',
+            checkpoint='work_dirs/adv_b_p8_in1k_224_finetune/epoch_20.pth',
+            prefix='backbone.')),
     neck=dict(
         in_channels=[768, 768, 768, 768],
         out_channels=768,

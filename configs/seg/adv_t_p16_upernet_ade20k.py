@@ -6,7 +6,15 @@ _base_ = [
     '../_base_/schedules/seg_160k.py'  # includes the default runtime
 ]
 model = dict(
-    backbone=dict(arch='t', patch_size=16),
+    backbone=dict(
+        arch='t',
+        patch_size=16,
+        # Classification stage 3: configs/cls/adv_t_p16_in1k_224_finetune.py
+        # (position grid interpolated to the input).
+        init_cfg=dict(
+            type='Pretrained',
+            checkpoint='work_dirs/adv_t_p16_in1k_224_finetune/epoch_20.pth',
+            prefix='backbone.')),
     neck=dict(
         in_channels=[256, 256, 256, 256],
         out_channels=256,

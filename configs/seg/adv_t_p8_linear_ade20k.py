@@ -6,5 +6,13 @@ _base_ = [
     '../_base_/schedules/seg_160k.py'  # includes the default runtime
 ]
 model = dict(
-    backbone=dict(arch='t', patch_size=8),
+    backbone=dict(
+        arch='t',
+        patch_size=8,
+        # Classification stage 3: configs/cls/adv_t_p8_in1k_224_finetune.py
+        # (position grid interpolated to the input).
+        init_cfg=dict(
+            type='Pretrained',
+            checkpoint='work_dirs/adv_t_p8_in1k_224_finetune/epoch_20.pth',
+            prefix='backbone.')),
     decode_head=dict(in_channels=256))

@@ -17,7 +17,8 @@ model = dict(
         img_size=32,
         patch_size=8,
         drop_path_rate=0.0,
-        mixer_cfg=dict(headdim=32, d_state=32, chunk_size=64)),
+        mixer_cfg=dict(headdim=32, d_state=32, chunk_size=64),
+        init_cfg=None),
     decode_head=dict(in_channels=64, num_classes=len(classes)),
     test_cfg=dict(_delete_=True, mode='whole'))
 

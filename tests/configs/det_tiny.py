@@ -6,7 +6,8 @@ model = dict(
     backbone=dict(
         arch=dict(_delete_=True, embed_dims=32, num_layers=2, mlp_dims=48),
         img_size=128,
-        mixer_cfg=dict(headdim=16, d_state=8, chunk_size=16)),
+        mixer_cfg=dict(headdim=16, d_state=8, chunk_size=16),
+        init_cfg=None),  # from scratch
     neck=dict(in_channels=32, out_channels=width),
     rpn_head=dict(in_channels=width, feat_channels=width),
     roi_head=dict(

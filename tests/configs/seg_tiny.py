@@ -7,7 +7,8 @@ model = dict(
     backbone=dict(
         arch=dict(_delete_=True, embed_dims=32, num_layers=2, mlp_dims=48),
         img_size=64,
-        mixer_cfg=dict(headdim=16, d_state=8, chunk_size=16)),
+        mixer_cfg=dict(headdim=16, d_state=8, chunk_size=16),
+        init_cfg=None),  # from scratch
     decode_head=dict(in_channels=32),
     test_cfg=dict(mode='whole'))
 train_pipeline = [

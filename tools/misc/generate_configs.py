@@ -190,6 +190,26 @@ model = dict(backbone=dict(embed_patch_size={EXTEND_FROM}))
     return text
 
 
+def pretrained_backbone(arch: str, patch: int) -> str:
+    """``init_cfg`` of a downstream backbone: the last checkpoint of the
+    224 px classification chain at the same patch size (the paper's
+    protocol), or at patch 16 for patches with no classification model (its
+    kernel is resized on load)."""
+    requested, patch = patch, patch if patch in PATCHES else EXTEND_FROM
+    stage = CLS_STAGES[('adv', 224)][-1]
+    epochs = STAGE_RECIPES[stage][1 + (arch in ('l', 'h'))][1]
+    stem = cls_name('adv', arch, 224, patch, stage)
+    why = ('no classifier at this patch: patch 16, resized on load'
+           if patch != requested else 'position grid interpolated to the input')
+    return f"""\
+# Classification stage 3: configs/cls/{stem}.py
+        # ({why}).
+        init_cfg=dict(
+            type='Pretrained',
+            checkpoint='work_dirs/{stem}/epoch_{epochs}.pth',
+            prefix='backbone.')"""
+
+
 def seg_config(arch: str, head: str, patch: int) -> str:
     dims = ARCH_DIMS['adv'][arch]
     head_name = 'UperNet' if head == 'upernet' else 'decoder-free linear head'
@@ -205,14 +225,20 @@ _base_ = [
     if head == 'linear':
         return text + f"""\
 model = dict(
-    backbone=dict(arch='{arch}', patch_size={patch}),
+    backbone=dict(
+        arch='{arch}',
+        patch_size={patch},
+        {pretrained_backbone(arch, patch)}),
     decode_head=dict(in_channels={dims}))
 """
     # Rescale the stride-p block outputs to strides 4, 8, 16 and 32.
     scales = [patch / stride for stride in (4, 8, 16, 32)]
     return text + f"""\
 model = dict(
-    backbone=dict(arch='{arch}', patch_size={patch}),
+    backbone=dict(
+        arch='{arch}',
+        patch_size={patch},
+        {pretrained_backbone(arch, patch)}),
     neck=dict(
         in_channels=[{dims}, {dims}, {dims}, {dims}],
         out_channels={dims},
@@ -236,7 +262,11 @@ _base_ = [
 ]
 model = dict(
     data_preprocessor=dict(pad_size_divisor={max(32, patch)}),
-    backbone=dict(arch='{arch}', img_size={grid_size}, patch_size={patch}),
+    backbone=dict(
+        arch='{arch}',
+        img_size={grid_size},
+        patch_size={patch},
+        {pretrained_backbone(arch, patch)}),
     neck=dict(in_channels={ARCH_DIMS['adv'][arch]}, in_stride={patch}))
 """
 
