@@ -11,8 +11,10 @@ tokens ("heading average"), so even the first patch sees a global summary.
 from typing import Optional, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from patchscale_mm.ops import fused
 from patchscale_mm.registry import MODELS
 from ..layers import DropPath, Mamba2Mixer
 from .base import (PlainBackbone, expand_aliases, init_linear,
@@ -39,8 +41,26 @@ def is_flipped(layer_index: int, rule: str) -> bool:
                      f'{", ".join(FLIP_RULES)}')
 
 
+class RMSNorm(nn.RMSNorm):
+    """``nn.RMSNorm`` over the last dimension, through one fused kernel
+    (forward and backward) on float32/bfloat16 CPU tensors."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.weight is None or len(self.normalized_shape) != 1
+                or not fused.fused_cpu_available(x)):
+            return super().forward(x)
+        eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
+        return fused.rms_norm(x, self.weight, eps)
+
+
 class SwiGLU(nn.Module):
-    """``w3(silu(w1 x) * w2 x)``, the channel mixer of Adventurer blocks."""
+    """``w3(silu(w1 x) * w2 x)``, the channel mixer of Adventurer blocks.
+
+    On float32/bfloat16 CPU tensors w1 and w2 run as one matmul (their
+    weights stacked) and the gate as one fused pass. w3 stays the last
+    matmul, after every tensor the backward needs is saved, so that
+    activation checkpointing stops its recomputation before it.
+    """
 
     def __init__(self, embed_dims: int, hidden_dims: int):
         super().__init__()
@@ -49,7 +69,11 @@ class SwiGLU(nn.Module):
         self.w3 = nn.Linear(hidden_dims, embed_dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w3(nn.functional.silu(self.w1(x)) * self.w2(x))
+        if fused.fused_cpu_available(x) and self.w1.bias is not None:
+            ab = F.linear(x, torch.cat([self.w1.weight, self.w2.weight]),
+                          torch.cat([self.w1.bias, self.w2.bias]))
+            return self.w3(fused.swiglu_gate(ab))
+        return self.w3(F.silu(self.w1(x)) * self.w2(x))
 
 
 class AdventurerBlock(nn.Module):
@@ -75,9 +99,9 @@ class AdventurerBlock(nn.Module):
                  norm_eps: float = 1e-5):
         super().__init__()
         self.flip = flip
-        self.norm1 = nn.RMSNorm(embed_dims, eps=norm_eps)
+        self.norm1 = RMSNorm(embed_dims, eps=norm_eps)
         self.mixer = Mamba2Mixer(embed_dims, **(mixer_cfg or {}))
-        self.norm2 = nn.RMSNorm(embed_dims, eps=norm_eps)
+        self.norm2 = RMSNorm(embed_dims, eps=norm_eps)
         self.mlp = SwiGLU(embed_dims, mlp_dims)
         self.drop_path = DropPath(drop_path_rate)
 
@@ -167,6 +191,6 @@ class Adventurer(PlainBackbone):
                 mixer_cfg=mixer_cfg,
                 norm_eps=norm_eps) for i, rate in enumerate(dpr))
         self.norm = (
-            nn.RMSNorm(self.embed_dims, eps=norm_eps)
+            RMSNorm(self.embed_dims, eps=norm_eps)
             if self.final_norm else nn.Identity())
         self.layers.apply(init_linear)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from patchscale_mm.ops import ssd_scan
+from patchscale_mm.ops.fused import fused_cpu_available, mamba2_conv_scan_norm
 
 
 class GatedRMSNorm(nn.Module):
@@ -104,10 +105,35 @@ class Mamba2Mixer(nn.Module):
         self.norm = GatedRMSNorm(
             self.d_inner, eps=1e-5, group_size=self.d_inner // ngroups)
         self.out_proj = nn.Linear(self.d_inner, embed_dims, bias=bias)
+        # Use the fused CPU kernels where they apply (see the module doc).
+        self.fused = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, L, _ = x.shape
-        z, xBC, dt = self.in_proj(x).split(
+        zxbcdt = self.in_proj(x)
+        if self.fused and fused_cpu_available(zxbcdt):
+            y = mamba2_conv_scan_norm(
+                zxbcdt,
+                self.conv1d.weight,
+                self.conv1d.bias,
+                self.dt_bias,
+                self.A_log,
+                self.D,
+                self.norm.weight,
+                d_inner=self.d_inner,
+                ngroups=self.ngroups,
+                d_state=self.d_state,
+                headdim=self.headdim,
+                chunk_size=self.chunk_size,
+                group_size=self.norm.group_size,
+                eps=self.norm.eps)
+        else:
+            y = self.conv_scan_norm(zxbcdt)
+        return self.out_proj(y)
+
+    def conv_scan_norm(self, zxbcdt: torch.Tensor) -> torch.Tensor:
+        """(B, L, in_proj outputs) -> (B, L, d_inner), in PyTorch ops."""
+        B, L, _ = zxbcdt.shape
+        z, xBC, dt = zxbcdt.split(
             [self.d_inner, self.conv1d.in_channels, self.nheads], dim=-1)
         # Causal: keep the first L outputs of the left-padded convolution.
         xBC = self.conv1d(xBC.transpose(1, 2))[..., :L].transpose(1, 2)
@@ -127,5 +153,4 @@ class Mamba2Mixer(nn.Module):
             dt_bias=self.dt_bias,
             dt_softplus=True,
             chunk_size=self.chunk_size)
-        y = self.norm(y.flatten(-2), z)
-        return self.out_proj(y)
+        return self.norm(y.flatten(-2), z)

@@ -1,4 +1,5 @@
-// Torch glue of the CPU selective-scan kernels and the op schemas.
+// Torch glue of the CPU selective-scan kernels and the op schemas (also of
+// the fused mixer kernels, whose glue is mixer_cpu_ops.h).
 //
 // The ops are registered in the `patchscale_mm` library so that the CUDA
 // extension only adds a CUDA implementation of the same schemas and
@@ -14,23 +15,37 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include "mixer_cpu.h"
 #include "ssd_cpu.h"
 
 namespace patchscale_ssd {
-namespace {
 
-// The widest kernel set this CPU runs. PATCHSCALE_SSD_CPU_ISA=avx2|generic
-// caps it (for benchmarks and tests of the narrower code paths).
-const KernelSet &kernels() {
-  static const KernelSet ks = [] {
+// The widest instruction set this CPU runs: avx512, avx2 or generic.
+// PATCHSCALE_SSD_CPU_ISA=avx2|generic caps it (for benchmarks and tests of the
+// narrower code paths). The scan and the fused mixer kernels use the same.
+const std::string &cpu_isa() {
+  static const std::string isa = [] {
     const char *env = std::getenv("PATCHSCALE_SSD_CPU_ISA");
     const std::string cap = env ? env : "";
 #if defined(__x86_64__) || defined(_M_X64)
     __builtin_cpu_init();
     const bool fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     if ((cap.empty() || cap == "avx512") && fma && __builtin_cpu_supports("avx512f"))
-      return kernels_avx512();
-    if (cap != "generic" && fma) return kernels_avx2();
+      return std::string("avx512");
+    if (cap != "generic" && fma) return std::string("avx2");
+#endif
+    return std::string("generic");
+  }();
+  return isa;
+}
+
+namespace {
+
+const KernelSet &kernels() {
+  static const KernelSet ks = [] {
+#if defined(__x86_64__) || defined(_M_X64)
+    if (cpu_isa() == "avx512") return kernels_avx512();
+    if (cpu_isa() == "avx2") return kernels_avx2();
 #endif
     return kernels_generic();
   }();
@@ -236,6 +251,21 @@ std::vector<at::Tensor> ssd_bwd_meta(
 
 }  // namespace patchscale_ssd
 
+namespace patchscale_mixer {
+const MixerKernelSet &kernels() {
+  static const MixerKernelSet ks = [] {
+#if defined(__x86_64__) || defined(_M_X64)
+    if (patchscale_ssd::cpu_isa() == "avx512") return mixer_kernels_avx512();
+    if (patchscale_ssd::cpu_isa() == "avx2") return mixer_kernels_avx2();
+#endif
+    return mixer_kernels_generic();
+  }();
+  return ks;
+}
+}  // namespace patchscale_mixer
+
+#include "mixer_cpu_ops.h"
+
 TORCH_LIBRARY(patchscale_mm, m) {
   m.def(
       "ssd_fwd(Tensor x, Tensor dt, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, "
@@ -246,11 +276,34 @@ TORCH_LIBRARY(patchscale_mm, m) {
       "Tensor C, Tensor? D, Tensor? z, Tensor? dt_bias, Tensor? initial_states, "
       "Tensor chunk_states, bool dt_softplus, float dt_min, float dt_max, int chunk_size) "
       "-> Tensor[]");
+  // Fused kernels of Adventurer's blocks (CPU only; see mixer_cpu.h).
+  m.def("conv1d_silu_fwd(Tensor x, Tensor weight, Tensor? bias, int[] splits, bool silu) "
+        "-> Tensor[]");
+  m.def(
+      "conv1d_silu_bwd(Tensor x, Tensor weight, Tensor? bias, Tensor[] douts, Tensor(a!) dx, "
+      "bool silu) -> Tensor[]");
+  m.def("gated_rmsnorm_fwd(Tensor y, Tensor z, Tensor weight, int group_size, float eps) "
+        "-> Tensor");
+  m.def(
+      "gated_rmsnorm_bwd(Tensor dout, Tensor y, Tensor z, Tensor weight, Tensor(a!) dz, "
+      "int group_size, float eps) -> Tensor[]");
+  m.def("swiglu_fwd(Tensor ab) -> Tensor");
+  m.def("swiglu_bwd(Tensor ds, Tensor ab) -> Tensor");
+  m.def("rms_norm_fwd(Tensor x, Tensor weight, float eps) -> Tensor[]");
+  m.def("rms_norm_bwd(Tensor dout, Tensor x, Tensor weight, Tensor rstd) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(patchscale_mm, CPU, m) {
   m.impl("ssd_fwd", &patchscale_ssd::ssd_fwd_cpu);
   m.impl("ssd_bwd", &patchscale_ssd::ssd_bwd_cpu);
+  m.impl("conv1d_silu_fwd", &patchscale_mixer::conv1d_silu_fwd_cpu);
+  m.impl("conv1d_silu_bwd", &patchscale_mixer::conv1d_silu_bwd_cpu);
+  m.impl("gated_rmsnorm_fwd", &patchscale_mixer::gated_rmsnorm_fwd_cpu);
+  m.impl("gated_rmsnorm_bwd", &patchscale_mixer::gated_rmsnorm_bwd_cpu);
+  m.impl("swiglu_fwd", &patchscale_mixer::swiglu_fwd_cpu);
+  m.impl("swiglu_bwd", &patchscale_mixer::swiglu_bwd_cpu);
+  m.impl("rms_norm_fwd", &patchscale_mixer::rms_norm_fwd_cpu);
+  m.impl("rms_norm_bwd", &patchscale_mixer::rms_norm_bwd_cpu);
 }
 
 TORCH_LIBRARY_IMPL(patchscale_mm, Meta, m) {

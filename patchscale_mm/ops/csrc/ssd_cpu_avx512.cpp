@@ -1,4 +1,5 @@
-// SSD CPU kernels compiled for avx512; see ssd_cpu_kernel.h.
+// SSD and fused mixer CPU kernels compiled for avx512; see ssd_cpu_kernel.h
+// and mixer_cpu_kernel.h.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -7,7 +8,9 @@
 #include <new>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
+#include "mixer_cpu.h"
 #include "ssd_cpu.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -29,6 +32,14 @@ namespace avx512 {
 
 KernelSet kernels_avx512() { return avx512::make_kernel_set("avx512"); }
 }  // namespace patchscale_ssd
+
+namespace patchscale_mixer {
+namespace avx512 {
+#include "mixer_cpu_kernel.h"
+}  // namespace avx512
+
+MixerKernelSet mixer_kernels_avx512() { return avx512::make_mixer_kernel_set(); }
+}  // namespace patchscale_mixer
 
 #if defined(__clang__)
 #pragma clang attribute pop

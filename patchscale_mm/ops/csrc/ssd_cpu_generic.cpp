@@ -1,4 +1,5 @@
-// SSD CPU kernels compiled for generic; see ssd_cpu_kernel.h.
+// SSD and fused mixer CPU kernels compiled for generic; see ssd_cpu_kernel.h
+// and mixer_cpu_kernel.h.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -7,7 +8,9 @@
 #include <new>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
+#include "mixer_cpu.h"
 #include "ssd_cpu.h"
 
 #define SSD_VB 16
@@ -21,3 +24,11 @@ namespace generic {
 
 KernelSet kernels_generic() { return generic::make_kernel_set("generic"); }
 }  // namespace patchscale_ssd
+
+namespace patchscale_mixer {
+namespace generic {
+#include "mixer_cpu_kernel.h"
+}  // namespace generic
+
+MixerKernelSet mixer_kernels_generic() { return generic::make_mixer_kernel_set(); }
+}  // namespace patchscale_mixer
