@@ -285,3 +285,13 @@ def test_threads_agree():
     finally:
         torch.set_num_threads(1)
     assert_all_close(two, one, rtol=1e-5, atol=1e-6)
+
+
+def test_second_backward_raises():
+    """The backward overwrites spent activations with gradients in place."""
+    m, mlp = Mamba2Mixer(32, d_state=8, headdim=16), SwiGLU(32, 40)
+    for module in (m, mlp):
+        y = module(torch.randn(1, 5, 32)).sum()
+        y.backward(retain_graph=True)
+        with pytest.raises(RuntimeError, match='retain_graph'):
+            y.backward()

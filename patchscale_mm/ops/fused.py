@@ -47,6 +47,18 @@ def _ops():
     return torch.ops.patchscale_mm
 
 
+def _spend(ctx):
+    """Marks a backward that overwrites a saved activation with its gradient
+    (which spares a buffer of that size); a second backward through the same
+    graph would read gradients as activations, so it raises instead."""
+    if getattr(ctx, 'spent', False):
+        raise RuntimeError(
+            'patchscale_mm fused CPU kernels: backward through the same graph twice '
+            '(retain_graph=True) is not supported; set PATCHSCALE_SCAN_BACKEND=torch '
+            'for the composable path')
+    ctx.spent = True
+
+
 def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
@@ -74,7 +86,7 @@ class _Mamba2ConvScanNorm(torch.autograd.Function):
         y = y.view(b, l, d_inner)
         out = _ops().gated_rmsnorm_fwd(y, z, norm_weight, group_size, eps)
         # x, B and C are recomputed by the backward (one pass over xBC);
-        # y is kept: recomputing it would be a second scan.
+        # y is kept (recomputing it would be a second scan) and becomes dy.
         ctx.save_for_backward(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight,
                               y, states)
         ctx.cfg = cfg
@@ -95,8 +107,10 @@ class _Mamba2ConvScanNorm(torch.autograd.Function):
         ct = _compute_dtype(zxbcdt)
         dt_c, A, D_hp, dt_bias_c = _scan_args(dt, A_log, D, dt_bias, nheads, headdim, ct)
 
-        dy, dnorm_weight = _ops().gated_rmsnorm_bwd(dout.contiguous(), y, z, norm_weight, dz,
-                                                    group_size, eps)
+        _spend(ctx)
+        dy = y  # overwritten with its gradient, in place
+        dnorm_weight = _ops().gated_rmsnorm_bwd(dout.contiguous(), dy, z, norm_weight, dz,
+                                                group_size, eps)
         x, B, C = _ops().conv1d_silu_fwd(xBC, conv_weight.flatten(1), conv_bias,
                                         [d_inner, gn, gn], True)
         dx, ddt, dA, dB, dC, dD, _, ddt_bias, _ = _ops().ssd_bwd(
@@ -160,7 +174,9 @@ class _SwiGLUGate(torch.autograd.Function):
     @staticmethod
     def backward(ctx, ds):
         ab, = ctx.saved_tensors
-        return _ops().swiglu_bwd(ds.contiguous(), ab)
+        _spend(ctx)
+        _ops().swiglu_bwd(ds.contiguous(), ab)  # ab becomes [da | db]
+        return ab
 
 
 def swiglu_gate(ab: Tensor) -> Tensor:

@@ -48,7 +48,7 @@ struct GatedNormParams {
   const void *w;  // (dim) compute dtype
   void *out;      // (rows, dim) storage dtype, contiguous
   const void *dout;  // backward: (rows, dim) storage dtype, contiguous
-  void *dy;          // backward: (rows, dim) compute dtype
+  void *dy;          // backward: (rows, dim) compute dtype; may be y
   void *dz;          // backward: storage dtype, strided
   int64_t dz_bs, dz_rs;
   void *dw;  // backward: (dim) compute dtype, accumulated (+=)
@@ -61,7 +61,7 @@ struct GluParams {
   const void *ab;   // (rows, 2 * hidden)
   void *s;          // (rows, hidden)
   const void *ds;   // backward: (rows, hidden)
-  void *dab;        // backward: (rows, 2 * hidden)
+  void *dab;        // backward: (rows, 2 * hidden); may be ab
 };
 using GluFn = void (*)(const GluParams &, int64_t r0, int64_t r1);
 

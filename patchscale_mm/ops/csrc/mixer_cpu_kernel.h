@@ -246,6 +246,7 @@ static void gnorm_fwd(const GatedNormParams &P, int64_t r0, int64_t r1) {
 // With g = y silu(z), n = g rstd and dn = dout w:
 //   dg = rstd (dn - n mean(dn n)),  dy = dg silu(z),
 //   dz = dg y sigmoid(z) (1 + z (1 - sigmoid(z))),  dw = sum_rows dout n.
+// dy may be y itself: each channel of y is read before dy is written.
 template <typename S, typename T>
 static void gnorm_bwd(const GatedNormParams &P, int64_t r0, int64_t r1) {
   const int64_t D = P.dim, G = P.group;
@@ -307,6 +308,7 @@ static void glu_fwd(const GluParams &P, int64_t r0, int64_t r1) {
   }
 }
 
+// dab may be ab itself: each channel is read before it is written.
 template <typename S, typename T>
 static void glu_bwd(const GluParams &P, int64_t r0, int64_t r1) {
   const int64_t H = P.hidden;
@@ -316,9 +318,10 @@ static void glu_bwd(const GluParams &P, int64_t r0, int64_t r1) {
     S *da = static_cast<S *>(P.dab) + r * 2 * H, *db = da + H;
     for_channels<S, T>(H, [&](auto ops, int64_t c) {
       using O = decltype(ops);
-      const auto av = O::load(a + c), sg = sigmoid(av), g = O::load(ds + c);
+      const auto av = O::load(a + c), bv = O::load(bb + c), g = O::load(ds + c);
+      const auto sg = sigmoid(av);
+      O::store(da + c, g * bv * sg * (1.0f + av * (1.0f - sg)));
       O::store(db + c, g * av * sg);
-      O::store(da + c, g * O::load(bb + c) * sg * (1.0f + av * (1.0f - sg)));
     });
   }
 }

@@ -217,11 +217,12 @@ at::Tensor gated_rmsnorm_fwd_cpu(const at::Tensor &y, const at::Tensor &z,
   return out;
 }
 
-// Writes dz (z's layout); returns (dy, dweight) in the compute dtype.
-std::vector<at::Tensor> gated_rmsnorm_bwd_cpu(const at::Tensor &dout, const at::Tensor &y,
-                                              const at::Tensor &z, const at::Tensor &weight,
-                                              const at::Tensor &dz, int64_t group_size,
-                                              double eps) {
+// Overwrites y with dy and writes dz (z's layout): the caller owns a
+// recomputed or spent y, and no (rows, dim) buffer is allocated. Returns
+// dweight in the compute dtype.
+at::Tensor gated_rmsnorm_bwd_cpu(const at::Tensor &dout, const at::Tensor &y, const at::Tensor &z,
+                                 const at::Tensor &weight, const at::Tensor &dz,
+                                 int64_t group_size, double eps) {
   const char *op = "gated_rmsnorm_bwd";
   const Dtype d = storage_dtype(z, op);
   const at::ScalarType ct = compute_type(d);
@@ -232,20 +233,17 @@ std::vector<at::Tensor> gated_rmsnorm_bwd_cpu(const at::Tensor &dout, const at::
   check_same(dout, z, op, "dout");
   at::Tensor w = weight.to(ct).contiguous();
   GatedNormParams P = gnorm_params(y, z, w, group_size, eps, op);
-  at::Tensor dy = at::empty(y.sizes(), y.options());
   P.dout = dout.data_ptr();
-  P.dy = dy.data_ptr();
+  P.dy = y.data_ptr();
   P.dz = dz.data_ptr();
   P.dz_bs = dz.stride(0);
   P.dz_rs = dz.stride(1);
   const GatedNormFn fn = kernels().gnorm_bwd[d];
-  at::Tensor dw = parallel_accumulate(P.rows, kRowGrain, P.dim, ct,
-                                      [&](int64_t b, int64_t e, void *buf) {
+  return parallel_accumulate(P.rows, kRowGrain, P.dim, ct, [&](int64_t b, int64_t e, void *buf) {
     GatedNormParams Pt = P;
     Pt.dw = buf;
     fn(Pt, b, e);
   });
-  return {dy, dw};
 }
 
 // silu(a) * b for contiguous rows [a | b] (..., 2H) -> (..., H), same dtype.
@@ -267,7 +265,9 @@ at::Tensor swiglu_fwd_cpu(const at::Tensor &ab) {
   return s;
 }
 
-at::Tensor swiglu_bwd_cpu(const at::Tensor &ds, const at::Tensor &ab) {
+// Overwrites ab with its gradient [da | db]: ab is spent once the gate's
+// gradient is known, and the (rows, 2H) gradient needs no new buffer.
+void swiglu_bwd_cpu(const at::Tensor &ds, const at::Tensor &ab) {
   const char *op = "swiglu_bwd";
   const Dtype d = storage_dtype(ab, op);
   TORCH_CHECK(ab.is_contiguous() && ds.is_contiguous() && ds.scalar_type() == ab.scalar_type() &&
@@ -276,13 +276,11 @@ at::Tensor swiglu_bwd_cpu(const at::Tensor &ds, const at::Tensor &ab) {
   GluParams P{};
   P.hidden = ab.size(-1) / 2;
   P.rows = P.hidden ? ab.numel() / (2 * P.hidden) : 0;
-  at::Tensor dab = at::empty_like(ab);
   P.ab = ab.data_ptr();
   P.ds = ds.data_ptr();
-  P.dab = dab.data_ptr();
+  P.dab = ab.data_ptr();
   const GluFn fn = kernels().glu_bwd[d];
   at::parallel_for(0, P.rows, kRowGrain, [&](int64_t b, int64_t e) { fn(P, b, e); });
-  return dab;
 }
 
 // RMSNorm over the last dimension of a contiguous x; returns (out, rstd).

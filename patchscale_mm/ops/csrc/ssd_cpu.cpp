@@ -285,10 +285,10 @@ TORCH_LIBRARY(patchscale_mm, m) {
   m.def("gated_rmsnorm_fwd(Tensor y, Tensor z, Tensor weight, int group_size, float eps) "
         "-> Tensor");
   m.def(
-      "gated_rmsnorm_bwd(Tensor dout, Tensor y, Tensor z, Tensor weight, Tensor(a!) dz, "
-      "int group_size, float eps) -> Tensor[]");
+      "gated_rmsnorm_bwd(Tensor dout, Tensor(a!) y, Tensor z, Tensor weight, Tensor(b!) dz, "
+      "int group_size, float eps) -> Tensor");
   m.def("swiglu_fwd(Tensor ab) -> Tensor");
-  m.def("swiglu_bwd(Tensor ds, Tensor ab) -> Tensor");
+  m.def("swiglu_bwd(Tensor ds, Tensor(a!) ab) -> ()");
   m.def("rms_norm_fwd(Tensor x, Tensor weight, float eps) -> Tensor[]");
   m.def("rms_norm_bwd(Tensor dout, Tensor x, Tensor weight, Tensor rstd) -> Tensor[]");
 }
