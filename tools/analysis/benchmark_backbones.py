@@ -21,6 +21,7 @@ alternate and the best time of each is kept.
 import argparse
 import gc
 import json
+import os
 import subprocess
 import sys
 import time
@@ -75,7 +76,7 @@ def probe(args, name, patch, with_cp):
     train_step(model, img, args.bf16)
     t = time.perf_counter() - t
     print(json.dumps(dict(time=t, growth=(_status_kib('VmHWM:') - base) / 1024,
-                          peak=_status_kib('VmHWM:') / 1024)))
+                          peak=_status_kib('VmHWM:') / 1024, load=os.getloadavg()[0])))
 
 
 def run(args, name, patch, with_cp):
@@ -122,16 +123,18 @@ def main(argv=None):
         print('|---|---|---|---|---|---|')
         print(f'| Adventurer-{args.arch}/1 | {args.img_size**2} + 2 | yes | {r["time"]:.1f} '
               f'| {r["growth"]:.0f} | {r["peak"]:.0f} |')
+        print_load([('Adventurer p1', r)])
         return
     print('\n| patch | tokens | model | with_cp | step s | peak RSS growth MiB |')
     print('|---|---|---|---|---|---|')
-    ratios = {}
+    ratios, runs = {}, []
     for patch in args.patch_sizes:
         with_cp = args.with_cp == 'on' or (args.with_cp == 'auto' and patch <= 2)
         best = {}
         for _ in range(args.repeats):  # alternate, so that load changes hit both
             for name in MODELS:
                 r = run(args, name, patch, with_cp)
+                runs.append((f'{name} p{patch}', r))
                 if name not in best or r['time'] < best[name]['time']:
                     best[name] = r
         for name, r in best.items():
@@ -144,6 +147,16 @@ def main(argv=None):
     for patch, r in ratios.items():
         paper = PAPER_RATIO.get(patch)
         print(f'| {patch} | {r:.2f} | {paper if paper is not None else "n/a"} |')
+    print_load(runs)
+
+
+def print_load(runs):
+    """The 1-minute load average at the end of each step: on a shared machine
+    it says which measurements other jobs disturbed."""
+    loads = [f'{name} {r["load"]:.1f}' for name, r in runs if 'load' in r]
+    if loads:
+        print(f'\nload average (1 min) at the end of each step, on {os.cpu_count()} CPUs: '
+              + ', '.join(loads))
 
 
 if __name__ == '__main__':
