@@ -198,7 +198,9 @@ def p16_checkpoint(tmp_path):
 def test_p16_checkpoint_into_smaller_patches_via_init_cfg(
         family, patch_size, p16_checkpoint, log_capture):
     cfg = dict(
-        type='PatchViT' if family == 'vit' else 'Adventurer',
+        # Scoped: another test may have left mmseg as the default scope.
+        type='patchscale_mm.PatchViT' if family == 'vit' else
+        'patchscale_mm.Adventurer',
         arch=TINY_VIT if family == 'vit' else TINY_ADV,
         img_size=32,
         patch_size=patch_size,

@@ -33,7 +33,10 @@ this repository's compiled kernel (``scan='kernel'``, what
 inputs and one state per chunk), the chunked PyTorch form
 (``scan='torch'``; also its per-chunk decay matrices) and mamba-ssm's
 ``mamba_chunk_scan_combined`` (``scan='mamba_ssm'``; its inputs, output and
-``dA_cumsum``).
+``dA_cumsum``). On CPU with the compiled kernels, whole blocks run fused
+(``scan='fused_cpu'``, what :func:`active_scan` reports there): the mixer
+between its projections keeps only the projection output, the scan output
+and the chunk states, and the norms and SwiGLU keep their inputs.
 """
 import contextlib
 import inspect
@@ -57,11 +60,12 @@ FAMILY_ALIASES = {
 }
 ARCHS = ('t', 's', 'b', 'l', 'h')
 PRECISIONS = ('fp32', 'amp')
-MEMORY_SCANS = ('kernel', 'torch', 'mamba_ssm')
+MEMORY_SCANS = ('kernel', 'fused_cpu', 'torch', 'mamba_ssm')
 FLOP_SCANS = ('chunked', 'recurrence')
 # The FLOP convention of the work each scan implementation does.
 SCAN_FLOP_CONVENTION = {
     'kernel': 'recurrence',
+    'fused_cpu': 'recurrence',
     'torch': 'chunked',
     'mamba_ssm': 'chunked'
 }
@@ -396,13 +400,39 @@ _SCAN_MEMORY = {
 }
 
 
+def _fused_cpu_adventurer_block(T: int, d: dict) -> List[Saved]:
+    """What a block keeps on the fused CPU path (``patchscale_mm.ops.fused``):
+    conv, SiLU, x/B/C and the gate are recomputed in backward."""
+    C, M = d['embed_dims'], d['mlp_dims']
+    E, n, g, h, p = (d['d_inner'], d['d_state'], d['ngroups'], d['nheads'],
+                     d['headdim'])
+    L = T + 1  # heading average + tokens
+    return [
+        Saved('norm1.in', T * C, 'fp32'),
+        Saved('norm1.rstd', T, 'fp32'),
+        Saved('mixer.in_proj.in', L * C),
+        Saved('mixer.in_proj.out', L * (2 * E + 2 * g * n + h)),  # z,xBC,dt
+        Saved('scan.out', L * E, 'fp32'),
+        Saved('scan.chunk_states',
+              math.ceil(L / d['chunk_size']) * h * n * p, 'fp32'),
+        Saved('mixer.out_proj.in', L * E),
+        Saved('norm2.in', T * C, 'fp32'),
+        Saved('norm2.rstd', T, 'fp32'),
+        Saved('mlp.in', T * C),
+        Saved('mlp.w12.out', 2 * T * M),  # the gate's input
+        Saved('mlp.w3.in', T * M),
+    ]
+
+
 def _adventurer_block(T: int, d: dict, scan: str) -> List[Saved]:
+    if scan == 'fused_cpu':
+        return _fused_cpu_adventurer_block(T, d)
     C, M = d['embed_dims'], d['mlp_dims']
     E, n, g, h, K = (d['d_inner'], d['d_state'], d['ngroups'], d['nheads'],
                      d['d_conv'])
     L = T + 1  # heading average + tokens
     conv_dims = E + 2 * g * n
-    if scan not in _SCAN_MEMORY:
+    if scan not in _SCAN_MEMORY:  # fused_cpu handled above
         raise ValueError(f'unknown scan implementation {scan!r}; valid: '
                          f'{", ".join(MEMORY_SCANS)}')
     scan_saved = _SCAN_MEMORY[scan](L, d)
@@ -474,8 +504,9 @@ def activation_bytes(family: str,
         precision (str): ``'amp'`` (fp16/bf16 autocast) or ``'fp32'``.
             Defaults to ``'amp'``.
         scan (str): Adventurer's scan implementation: ``'kernel'`` (this
-            repository's compiled kernel), ``'torch'`` (the chunked PyTorch
-            form) or ``'mamba_ssm'``. Defaults to ``'kernel'``.
+            repository's compiled kernel), ``'fused_cpu'`` (that kernel with
+            the fused CPU blocks), ``'torch'`` (the chunked PyTorch form) or
+            ``'mamba_ssm'``. Defaults to ``'kernel'``.
         mixer_cfg (dict, optional): Mamba-2 mixer overrides (Adventurer).
         in_channels (int): Image channels. Defaults to 3.
     """
@@ -498,7 +529,7 @@ def active_scan(device: str = 'cpu') -> str:
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # the once-only fallback warning
         backend = ssd._resolve_backend(None, torch.empty(0, device=device))
-    return {'cpp': 'kernel', 'cuda': 'kernel'}.get(backend, backend)
+    return {'cpp': 'fused_cpu', 'cuda': 'kernel'}.get(backend, backend)
 
 
 def _autocast(precision: str, device: str = 'cpu'):
