@@ -52,7 +52,8 @@ def scan_extensions():
             'patchscale_mm.ops._C',
             [str(csrc / f) for f in ('ssd_cpu.cpp', 'ssd_cpu_avx512.cpp',
                                      'ssd_cpu_avx2.cpp', 'ssd_cpu_generic.cpp')],
-            depends=[str(csrc / f) for f in ('ssd_cpu.h', 'ssd_cpu_kernel.h')],
+            depends=[str(csrc / f) for f in ('ssd_cpu.h', 'ssd_cpu_kernel.h', 'mixer_cpu.h',
+                                              'mixer_cpu_kernel.h', 'mixer_cpu_ops.h')],
             extra_compile_args=cxx)
     ]
     force = os.environ.get('PATCHSCALE_FORCE_CUDA')
