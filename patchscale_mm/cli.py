@@ -6,6 +6,7 @@ bases included) and running it with a Runner.
 ``patchscale_mm/.mim/tools`` that mim runs, call the same ``main``.
 """
 import argparse
+import gc
 import os
 import os.path as osp
 from typing import Optional, Sequence
@@ -16,7 +17,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from patchscale_mm.utils import (add_rank_log_file, init_cpu_distributed,
-                                 shutdown_distributed)
+                                 shutdown_distributed, synchronize_ranks)
 
 SCOPE = 'patchscale_mm'
 
@@ -98,11 +99,17 @@ def run(cfg: Config, method: str):
     ``runner.<method>()``, in a gloo process group on a distributed run
     without GPUs."""
     init_cpu_distributed(cfg)
+    runner = None
     try:
         runner = (
             RUNNERS.build(cfg)
             if 'runner_type' in cfg else Runner.from_cfg(cfg))
         add_rank_log_file(runner)
-        return getattr(runner, method)()
+        getattr(runner, method)()
+        synchronize_ranks()
     finally:
+        # The Runner's DDP wrapper holds the process group: drop it first, so
+        # that the group is torn down here and not during interpreter exit.
+        del runner
+        gc.collect()
         shutdown_distributed()

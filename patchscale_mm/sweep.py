@@ -6,7 +6,8 @@ Each run is ``tools/train.py`` on a config that inherits a shipped sweep
 config (``configs/sweep/``) and overrides only the patch size, the number of
 steps and the data, written into the run's folder so it can be rerun alone.
 Results are appended to ``results.json`` after every run, and a rerun of the
-sweep skips the runs already there.
+sweep skips the runs already there; a run that was interrupted resumes from
+its last checkpoint (saved every ``CHECKPOINT_EVERY`` steps).
 """
 import csv
 import json
@@ -26,6 +27,15 @@ TASKS = ('seg', 'cls')
 # What each task reports: (metric key in MMEngine's scalars, its name).
 TASK_METRIC = {'seg': ('mIoU', 'mIoU'), 'cls': ('accuracy/top1', 'top1')}
 PROGRESS = re.compile(r'Iter\(train\)\s*\[\s*(\d+)/(\d+)\].*?loss: ([\d.]+)')
+SAVING = re.compile(r'Saving checkpoint at (\d+) iterations')
+# Long runs (hours at patch 1 on a CPU) lose at most this many steps when
+# interrupted; a checkpoint of the sweep's small models takes milliseconds.
+CHECKPOINT_EVERY = 200
+# Training seconds up to each saved checkpoint, so that a resumed run
+# reports the time its steps took, not the time of its last piece.
+CLOCK_FILE = 'train_seconds.json'
+# The config text a run was started with: a checkpoint resumes only the same.
+CONFIG_STAMP = 'run_config.txt'
 RESULT_KEYS = ('task', 'family', 'patch', 'tokens', 'params', 'flops',
                'steps', 'batch_size', 'test_loss', 'metric', 'metric_name',
                'seconds')
@@ -115,7 +125,8 @@ def user_dataset(data_root: str, split: str, pipeline: list) -> dict:
 def run_config(run: Run, data_root: str, batch_size: Optional[int] = None,
                num_classes: Optional[int] = None,
                train_limit: Optional[int] = None,
-               val_limit: Optional[int] = None) -> str:
+               val_limit: Optional[int] = None,
+               checkpoint_every: int = CHECKPOINT_EVERY) -> str:
     """The text of the run's config: the sweep config plus overrides.
 
     ``num_classes`` marks a user's classification data (``--data-root``):
@@ -143,7 +154,8 @@ def run_config(run: Run, data_root: str, batch_size: Optional[int] = None,
         "param_scheduler = [dict(type='OneCycleLR', eta_max=2e-3, "
         f'total_steps={run.steps}, pct_start=0.1, by_epoch=False)]',
         f'train_cfg = dict(max_iters={run.steps}, val_interval={run.steps})',
-        f'default_hooks = dict(checkpoint=dict(interval={run.steps}), '
+        'default_hooks = dict(checkpoint=dict('
+        f'interval={min(run.steps, checkpoint_every)}), '
         f'logger=dict(interval={max(1, min(50, run.steps // 10))}))',
         f'train_dataloader = {train!r}',
         f'val_dataloader = {val!r}',
@@ -203,17 +215,56 @@ def count_params_and_flops(run: Run, config: Path) -> tuple:
     return params, flops
 
 
-def train(run: Run, config: Path, work_dir: Path, log) -> float:
-    """Runs tools/train.py, echoing its training progress; returns seconds."""
+def resumable_checkpoint(run: Run, work_dir: Path,
+                         config_text: str) -> Optional[str]:
+    """The checkpoint an interrupted run of this very config left, or None
+    (no run yet, one of a different config, or one that trained to the end:
+    its evaluation is redone by training again)."""
+    from patchscale_mm.engine import find_resumable_checkpoint
+    # Not the config itself: the Runner overwrites it with its full dump.
+    stamp = work_dir / CONFIG_STAMP
+    if not stamp.is_file() or stamp.read_text() != config_text:
+        return None
+    found = find_resumable_checkpoint(str(work_dir))
+    step = found and _checkpoint_iteration(found)
+    return found if step and int(step) < run.steps else None
+
+
+def _checkpoint_iteration(path: str) -> Optional[str]:
+    found = re.search(r'iter_(\d+)\.pth$', path)
+    return found.group(1) if found else None
+
+
+def train(run: Run, config: Path, work_dir: Path, log,
+          resume_from: Optional[str] = None) -> float:
+    """Runs tools/train.py (resuming from ``resume_from`` if given),
+    echoing its training progress; returns the seconds of training."""
     start = time.time()
     cmd = [sys.executable, '-m', 'patchscale_mm.train', str(config),
            '--work-dir', str(work_dir)]
-    with open(work_dir / 'train.log', 'w') as out:
+    clock_path = work_dir / CLOCK_FILE
+    clock = {}
+    if resume_from:
+        cmd += ['--resume', resume_from]
+        if clock_path.is_file():
+            clock = json.loads(clock_path.read_text())
+        start -= clock.get(_checkpoint_iteration(resume_from), 0.0)
+        log(f'    {run.name}: resuming from {Path(resume_from).name} '
+            f'({time.time() - start:.0f}s of training before)')
+    # Line-buffered: an interrupted sweep keeps its run's log to the end.
+    with open(work_dir / 'train.log', 'a' if resume_from else 'w',
+              buffering=1) as out:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         try:
             for line in proc.stdout:
                 out.write(line)
+                saving = SAVING.search(line)
+                if saving:
+                    clock[saving.group(1)] = round(time.time() - start, 1)
+                    tmp = clock_path.with_suffix('.tmp')
+                    tmp.write_text(json.dumps(clock))
+                    tmp.replace(clock_path)
                 progress = PROGRESS.search(line)
                 if progress:
                     step, total, loss = progress.groups()

@@ -3,7 +3,6 @@ on its own and imported from a folder outside the checkout, trains and tests
 a config of the user's that inherits a shipped one through
 ``_base_ = 'patchscale_mm::...'``, with ``python -m patchscale_mm.train`` and
 ``python -m patchscale_mm.test``."""
-import importlib.util
 import json
 import os
 import re
@@ -121,10 +120,12 @@ def test_variant_resolves_from_the_checkout(tmp_path):
 
 def why_no_wheel():
     """Why a wheel cannot be built here, or None."""
-    if importlib.util.find_spec('pip') is None:
+    # Both probes in subprocesses: in this process, looking up `pip` makes
+    # setuptools' distutils shim fall back to the stdlib's distutils for
+    # good, and importing setuptools would clash with what torch imported.
+    if subprocess.run([sys.executable, '-c', 'import pip'],
+                      capture_output=True).returncode:
         return 'pip is not installed'
-    # In a subprocess: importing setuptools here would clash with the
-    # distutils that torch has already imported.
     probe = ('from importlib.util import find_spec; import setuptools; '
              'assert find_spec("setuptools.command.bdist_wheel") '
              'or find_spec("wheel")')

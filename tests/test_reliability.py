@@ -396,6 +396,44 @@ def test_memory_guard_estimate_and_fixes(ade):
     assert memory_problem(Config.fromfile(SEG), available=2**30) is None
 
 
+def test_one_cycle_scheduler_state_resumes_with_weights_only_loading(
+        tmp_path):
+    """OneCycle keeps its annealing function in its state; the checkpoint
+    stores the state without it, loads weights-only, and the rebuilt
+    scheduler continues exactly where the saved one was."""
+    from mmengine.optim.scheduler import OneCycleLR
+
+    from patchscale_mm.engine import WeightsOnlyCheckpointHook
+
+    def scheduler():
+        optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))],
+                                      lr=1e-3)
+        return optimizer, OneCycleLR(optimizer, eta_max=2e-3, total_steps=20,
+                                     by_epoch=False)
+
+    optimizer, saved = scheduler()
+    for _ in range(7):
+        optimizer.step()
+        saved.step()
+    checkpoint = {'param_schedulers': [saved.state_dict()]}
+    WeightsOnlyCheckpointHook().before_save_checkpoint(None, checkpoint)
+    path = tmp_path / 'ckpt.pth'
+    torch.save(checkpoint, path)
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(path) == []
+
+    resumed_optimizer, resumed = scheduler()
+    resumed.load_state_dict(
+        torch.load(path, weights_only=True)['param_schedulers'][0])
+    resumed_optimizer.param_groups[0]['lr'] = optimizer.param_groups[0]['lr']
+    for _ in range(5):
+        optimizer.step()
+        saved.step()
+        resumed_optimizer.step()
+        resumed.step()
+        assert resumed_optimizer.param_groups[0]['lr'] == \
+            optimizer.param_groups[0]['lr']
+
+
 # ---------------------------------------------------------------------------
 # Non-finite loss
 # ---------------------------------------------------------------------------

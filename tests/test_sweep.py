@@ -1,6 +1,9 @@
 """The scaling sweep end to end on a tiny slice, through the same code path
 as the default run (tools/train.py, the Runners, the fit and the plot)."""
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +57,7 @@ def test_sweep_end_to_end(tmp_path):
     (['--data-root', '/nonexistent/folder', '--tasks', 'cls'],
      '--data-root /nonexistent/folder is not a folder'),
     (['--cls-steps', 0], 'steps must be >= 1'),
+    (['--checkpoint-every', 0], '--checkpoint-every must be >= 1, got 0'),
 ])
 def test_bad_arguments_fail_before_any_work(tmp_path, args, message):
     out = sweep_cli('--work-dir', tmp_path / 'w', '--data-cache',
@@ -117,3 +121,45 @@ def test_img_size_needs_a_users_folder(tmp_path):
                     timeout=120)
     assert out.returncode != 0
     assert '--img-size applies to --data-root' in out.stderr
+
+
+def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
+    """The sweep is killed (as by a lost session) mid-run; the same command
+    again continues that run from its checkpoint instead of step 1."""
+    args = [sys.executable, 'tools/patch_scaling_sweep.py', '--work-dir',
+            tmp_path / 'sweep', '--data-cache', tmp_path, '--tasks', 'cls',
+            '--families', 'adventurer', '--cls-patches', 8, '--cls-steps', 400,
+            '--checkpoint-every', 3, '--batch-size', 8, '--train-limit', 48,
+            '--val-limit', 16]
+    first = subprocess.Popen(list(map(str, args)), cwd=ROOT, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    seen = []
+    for line in first.stdout:
+        seen.append(line)
+        if 'step 40/400' in line:  # checkpoints up to step 39 are on disk
+            os.killpg(first.pid, signal.SIGKILL)
+            break
+    first.wait(timeout=60)
+    assert first.returncode == -signal.SIGKILL, ''.join(seen)[-3000:]
+    run_dir = tmp_path / 'sweep' / 'cls_adventurer_p8'
+    assert not (tmp_path / 'sweep' / 'results.json').exists()
+
+    second = subprocess.run(list(map(str, args)), cwd=ROOT, text=True,
+                            capture_output=True, timeout=600)
+    assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
+    resumed = re.search(r'resuming from iter_(\d+)\.pth', second.stdout)
+    assert resumed, second.stdout
+    start = int(resumed.group(1))
+    assert start % 3 == 0 and 39 <= start < 400
+    # The resumed piece trains only the steps after the checkpoint.
+    log = (run_dir / 'train.log').read_text()
+    first_piece, second_piece = log.split(f'resumed epoch: 0, iter: {start}')
+    assert re.search(r'Iter\(train\) \[\s*40/400\]', first_piece)
+    steps = [int(s) for s in
+             re.findall(r'Iter\(train\) \[\s*(\d+)/400\]', second_piece)]
+    assert steps and min(steps) > start and max(steps) == 400
+    record, = json.loads((tmp_path / 'sweep' / 'results.json').read_text())
+    assert record['steps'] == 400 and 0 < record['test_loss'] < 10
+    clock = json.loads((run_dir / sweep.CLOCK_FILE).read_text())
+    assert record['seconds'] >= clock[str(start)] > 0

@@ -154,3 +154,43 @@ def test_slurm_on_cpu_nodes_requests_no_gpus(srun):
     assert args[script + 1:] == [
         'configs/x.py', 'model.pth', '--launcher', 'slurm'
     ]
+
+
+def test_run_releases_the_model_before_the_process_group(monkeypatch):
+    """A CPU distributed run tears its gloo group down itself, after the
+    Runner's DDP wrapper (which holds the group) is gone: a group left to
+    interpreter exit can abort the process after a successful run."""
+    import gc
+    import weakref
+
+    import torch.distributed as dist
+    from mmengine.config import Config
+
+    from patchscale_mm import cli
+
+    collected_while_initialized = []
+
+    class StubRunner:
+        def __init__(self):
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                torch.nn.Linear(2, 2))
+            self.cycle = self  # freed only by the garbage collector
+            weakref.finalize(self.model, lambda: collected_while_initialized
+                             .append(dist.is_initialized()))
+
+        def train(self):
+            return self.model
+
+    monkeypatch.setattr(cli.Runner, 'from_cfg', lambda cfg: StubRunner())
+    for key, value in dict(RANK='0', WORLD_SIZE='1', LOCAL_RANK='0',
+                           MASTER_ADDR='127.0.0.1',
+                           MASTER_PORT=str(20000 + os.getpid() % 5000)).items():
+        monkeypatch.setenv(key, value)
+    cfg = Config(dict(launcher='pytorch', model=dict(type='Stub')))
+    gc.disable()  # the cycle must be broken by run() itself
+    try:
+        cli.run(cfg, 'train')
+    finally:
+        gc.enable()
+    assert collected_while_initialized == [True]
+    assert not dist.is_initialized()

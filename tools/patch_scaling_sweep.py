@@ -13,7 +13,9 @@ dataset-fashion-mnist):
 Every run goes through tools/train.py and the real mmseg / mmpretrain
 Runners, on configs inheriting from the paper's recipes (configs/sweep/).
 The work dir gets results.json / results.csv (one record per run),
-fits.json, scaling_law.png and each run's logs and config.
+fits.json, scaling_law.png and each run's logs and config. The same command
+again skips the finished runs and resumes an interrupted one from its last
+checkpoint.
 
     python tools/patch_scaling_sweep.py
     python tools/patch_scaling_sweep.py --full         # cls to patch 1, hours
@@ -75,8 +77,15 @@ def parse_args(argv=None):
                         help='use only the first N training samples')
     parser.add_argument('--val-limit', type=int,
                         help='evaluate on the first N held-out samples only')
+    parser.add_argument(
+        '--checkpoint-every', type=int, default=sweep.CHECKPOINT_EVERY,
+        metavar='STEPS',
+        help='save a checkpoint every STEPS steps: an interrupted sweep, '
+        'run again with the same arguments, resumes its unfinished run '
+        f'from there (default {sweep.CHECKPOINT_EVERY})')
     parser.add_argument('--force', action='store_true',
-                        help='rerun runs already in results.json')
+                        help='rerun runs already in results.json, from '
+                        'scratch')
     return parser.parse_args(argv)
 
 
@@ -143,6 +152,9 @@ def main(argv=None):
         raise SystemExit(f'error: {e}')
     if args.data_root and not Path(args.data_root).is_dir():
         raise SystemExit(f'error: --data-root {args.data_root} is not a folder')
+    if args.checkpoint_every < 1:
+        raise SystemExit(f'error: --checkpoint-every must be >= 1, got '
+                         f'{args.checkpoint_every}')
     if args.batch_size is not None and args.batch_size < 1:
         raise SystemExit(f'error: --batch-size must be >= 1, got '
                          f'{args.batch_size}')
@@ -173,15 +185,19 @@ def main(argv=None):
         run_dir = work_dir / run.name
         run_dir.mkdir(exist_ok=True)
         config = run_dir / f'{run.name}.py'
-        config.write_text(
-            sweep.run_config(run, str(roots[run.task]), batch,
-                             num_classes if run.task == 'cls' else None,
-                             args.train_limit, args.val_limit))
+        config_text = sweep.run_config(
+            run, str(roots[run.task]), batch,
+            num_classes if run.task == 'cls' else None, args.train_limit,
+            args.val_limit, args.checkpoint_every)
+        resume_from = (None if args.force else
+                       sweep.resumable_checkpoint(run, run_dir, config_text))
+        config.write_text(config_text)
+        (run_dir / sweep.CONFIG_STAMP).write_text(config_text)
         params, flops = sweep.count_params_and_flops(run, config)
         log(f'[{i}/{len(runs)}] {run.name}: {run.tokens} tokens, '
             f'{params / 1e6:.3f}M params, {flops / 1e9:.3f} GFLOPs/image')
         try:
-            seconds = sweep.train(run, config, run_dir, log)
+            seconds = sweep.train(run, config, run_dir, log, resume_from)
         except RuntimeError as e:
             sweep.save_results(records, work_dir)
             raise SystemExit(f'error: {e}')

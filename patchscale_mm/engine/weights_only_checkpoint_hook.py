@@ -1,11 +1,12 @@
 """Checkpoints that load with ``torch.load(weights_only=True)``.
 
 MMEngine stores its logging state as ``HistoryBuffer`` objects holding numpy
-arrays and bound methods; unpickling those needs ``getattr`` and numpy
-globals, which torch >= 2.6 rightly refuses by default, so a run could not be
-resumed or evaluated without switching that safety off. This hook stores the
-same state as plain lists and numbers on save and rebuilds it on load, so
-every checkpoint of a run loads with weights-only unpickling.
+arrays and bound methods, and some parameter schedulers (OneCycle) keep a
+function in their state; unpickling those needs ``getattr`` and numpy or
+MMEngine globals, which torch >= 2.6 rightly refuses by default, so a run
+could not be resumed or evaluated without switching that safety off. This
+hook stores the same state as plain lists and numbers on save and rebuilds it
+on load, so every checkpoint of a run loads with weights-only unpickling.
 """
 from collections import OrderedDict
 
@@ -39,6 +40,17 @@ def to_plain(value):
     return value
 
 
+def without_functions(value):
+    """Scheduler state without its functions, recursively: a scheduler
+    rebuilds them from its config before its state is loaded back."""
+    if isinstance(value, dict):
+        return type(value)((k, without_functions(v)) for k, v in value.items()
+                           if not callable(v))
+    if isinstance(value, (list, tuple)):
+        return type(value)(without_functions(v) for v in value)
+    return value
+
+
 def from_plain(value):
     """Inverse of :func:`to_plain` for history buffers."""
     if isinstance(value, dict):
@@ -51,7 +63,8 @@ def from_plain(value):
 
 @HOOKS.register_module()
 class WeightsOnlyCheckpointHook(Hook):
-    """Stores the message hub and meta data of checkpoints as plain data.
+    """Stores the message hub, meta data and scheduler states of
+    checkpoints as plain data.
 
     Add it to ``custom_hooks``; loading checkpoints written without it still
     works where the file has no other objects.
@@ -62,6 +75,9 @@ class WeightsOnlyCheckpointHook(Hook):
         for key in ('message_hub', 'meta'):
             if key in checkpoint:
                 checkpoint[key] = to_plain(checkpoint[key])
+        if 'param_schedulers' in checkpoint:
+            checkpoint['param_schedulers'] = without_functions(
+                to_plain(checkpoint['param_schedulers']))
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         if 'message_hub' in checkpoint:

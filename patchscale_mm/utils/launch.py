@@ -98,6 +98,13 @@ def init_cpu_distributed(cfg: Config) -> bool:
     return True
 
 
+def synchronize_ranks():
+    """Waits for every rank after a successful run, so that no rank tears
+    its connections down while a peer still finishes its last collective."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def shutdown_distributed():
     """Destroys the process group so that exit does not abort with
     'terminate called without an active exception'."""
