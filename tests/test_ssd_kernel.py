@@ -422,6 +422,37 @@ def test_check_cuda_scan_without_gpu(monkeypatch):
     assert 'no CUDA device' in str(e.value.code) and '\n' not in str(e.value.code)
 
 
+def test_check_cuda_scan_takes_mamba_ssm_kernels_from_a_source_tree(
+        tmp_path, monkeypatch):
+    """--mamba-ssm-src: the SSD module imports from an unpacked tree without
+    running the package __init__ (which needs mamba-ssm's CUDA builds)."""
+    tool = _load_tool('check_cuda_scan')
+    with pytest.raises(SystemExit) as e:
+        tool.load_mamba_ssm_source(tmp_path)
+    assert 'not an unpacked mamba-ssm source tree' in str(e.value.code)
+    triton_dir = tmp_path / 'mamba_ssm' / 'ops' / 'triton'
+    triton_dir.mkdir(parents=True)
+    (tmp_path / 'mamba_ssm' / '__init__.py').write_text(
+        "__version__ = '9.8.7'\nimport selective_scan_cuda  # not built\n")
+    (tmp_path / 'mamba_ssm' / 'ops' / '__init__.py').write_text('')
+    (triton_dir / '__init__.py').write_text('')
+    (triton_dir / 'ssd_combined.py').write_text(
+        'def mamba_chunk_scan_combined(*args, **kwargs):\n'
+        '    return "from the tree"\n')
+    for name in [m for m in sys.modules if m.split('.')[0] == 'mamba_ssm']:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, 'path', list(sys.path))
+    try:
+        version = tool.load_mamba_ssm_source(tmp_path)
+        from patchscale_mm.ops import ssd
+        fn, reason = ssd._load_mamba_ssm.__wrapped__()
+        assert reason is None and fn() == 'from the tree'
+        assert version.startswith('9.8.7 ')
+    finally:
+        for name in [m for m in sys.modules if m.split('.')[0] == 'mamba_ssm']:
+            del sys.modules[name]
+
+
 @needs_cpp
 def test_benchmark_scan_smoke(capsys, monkeypatch):
     tool = _load_tool('benchmark_scan')

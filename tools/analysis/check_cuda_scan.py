@@ -10,11 +10,21 @@ mamba-ssm's ``mamba_chunk_scan_combined`` and the chunked PyTorch scan.
     pip install --no-build-isolation -e .   # builds the CUDA kernel where a GPU is visible
     python tools/analysis/check_cuda_scan.py --out cuda_scan.md
 
+Where mamba-ssm is not installed (its CUDA extensions take long to build, and
+a GPU machine may have no package index), ``--mamba-ssm-src DIR`` takes its
+Triton SSD kernels from an unpacked source tree instead, without building
+anything: ``pip download --no-deps --no-binary :all: mamba-ssm`` and unpack
+it into DIR, with einops (pure Python) unpacked beside it if the machine
+lacks it. Triton comes with CUDA builds of torch.
+
 Prints a markdown report (GPU model included) for docs/benchmarks.md and
 exits with 1 if a check fails, or with a one-line message where no GPU or no
 CUDA kernel is available.
 """
 import argparse
+import importlib.machinery
+import importlib.util
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -197,12 +207,48 @@ def check_lengths(report, lengths, chunk, with_mamba):
             report(f'| {l} | {impl} | {t_f:.3f} | {t_fb:.3f} | {peak:.0f} | {t_fb / t_ours:.2f} |')
 
 
+def load_mamba_ssm_source(src: Path) -> str:
+    """Makes ``mamba_ssm.ops.triton`` importable from an unpacked mamba-ssm
+    source tree without running ``mamba_ssm/__init__.py`` (it imports the
+    package's compiled CUDA extensions, which the SSD kernels do not need).
+    Returns the tree's version."""
+    package = src / 'mamba_ssm'
+    if not (package / 'ops' / 'triton' / 'ssd_combined.py').is_file():
+        sys.exit(f'check_cuda_scan: --mamba-ssm-src {src} is not an unpacked '
+                 'mamba-ssm source tree (no mamba_ssm/ops/triton/ssd_combined.py)')
+    sys.path.insert(0, str(src))  # einops may be unpacked there too
+    module = importlib.util.module_from_spec(
+        importlib.machinery.ModuleSpec('mamba_ssm', None, is_package=True))
+    module.__path__ = [str(package)]
+    found = re.search(r'__version__\s*=\s*[\'"]([^\'"]+)',
+                      (package / '__init__.py').read_text())
+    module.__version__ = f'{found.group(1) if found else "unknown"} (Triton kernels from {src})'
+    sys.modules['mamba_ssm'] = module
+    return module.__version__
+
+
+def check_against_mamba_ssm(report, lengths, chunk):
+    report('\n### CUDA kernel against mamba-ssm\'s `mamba_chunk_scan_combined` '
+           '(Adventurer-T mixer shape, fp32)\n')
+    report('| case | result | worst err / tol | worst tensor |')
+    report('|---|---|---|---|')
+    for l in lengths:
+        inp = adventurer_t_inputs(1, l, seed=2)
+        ref = outputs_and_grads(scan_fn('mamba_ssm', chunk), inp, dt_softplus=True)
+        got = outputs_and_grads(scan_fn('cuda', chunk), inp, dt_softplus=True)
+        report.check(f'L {l}', *compare(got, ref, 6e-4, 2e-3))
+        del ref, got
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--lengths', type=int, nargs='+', default=[3136, 50176])
     parser.add_argument('--chunk', type=int, default=256)
     parser.add_argument('--no-mamba', action='store_true',
                         help='skip the comparison with mamba-ssm even if installed')
+    parser.add_argument('--mamba-ssm-src', type=Path, default=None, metavar='DIR',
+                        help="take mamba-ssm's Triton SSD kernels from this unpacked "
+                        'source tree (nothing is built)')
     parser.add_argument('--out', type=Path, default=None, help='also write the report here')
     return parser.parse_args(argv)
 
@@ -216,6 +262,8 @@ def main(argv=None):
         sys.exit(f'check_cuda_scan: the CUDA kernel is not available: {reason}')
     with_mamba = not args.no_mamba
     mamba_version = 'not installed'
+    if with_mamba and args.mamba_ssm_src:
+        load_mamba_ssm_source(args.mamba_ssm_src)
     try:
         import mamba_ssm
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined  # noqa: F401
@@ -228,6 +276,8 @@ def main(argv=None):
     report(f'GPU: {props.name} ({props.total_memory / 2**30:.0f} GiB), torch {torch.__version__}, '
            f'CUDA {torch.version.cuda}, mamba-ssm {mamba_version}')
     check_small_cases(report)
+    if with_mamba:
+        check_against_mamba_ssm(report, args.lengths, args.chunk)
     check_lengths(report, args.lengths, args.chunk, with_mamba)
     report(f'\n{"FAILED" if report.failed else "All checks passed."}')
     if args.out:
