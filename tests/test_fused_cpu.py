@@ -170,7 +170,28 @@ def test_mixer_dispatch():
             del os.environ['PATCHSCALE_SCAN_BACKEND']
         else:
             os.environ['PATCHSCALE_SCAN_BACKEND'] = old
-    assert m.fused
+    assert m.fused and not Mamba2Mixer(32, d_state=8, headdim=16, fused=False).fused
+
+
+def test_adventurer_mixer_cfg_turns_the_fused_kernel_off(monkeypatch):
+    import importlib
+    mamba2 = importlib.import_module('patchscale_mm.models.layers.mamba2')
+    calls, kernel = [], mamba2.mamba2_conv_scan_norm
+    monkeypatch.setattr(mamba2, 'mamba2_conv_scan_norm',
+                        lambda *a, **k: calls.append(1) or kernel(*a, **k))
+    arch = dict(embed_dims=32, num_layers=1, mlp_dims=48)
+    x = torch.randn(1, 3, 16, 16)
+
+    def features(**mixer_cfg):
+        torch.manual_seed(0)
+        model = Adventurer(arch=arch, img_size=16, patch_size=8,
+                           mixer_cfg=dict(d_state=8, headdim=16, **mixer_cfg))
+        return model(x)[-1]
+
+    composable = features(fused=False)
+    assert calls == []
+    torch.testing.assert_close(features(), composable, rtol=2e-4, atol=2e-5)
+    assert calls == [1]
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])

@@ -55,6 +55,10 @@ class Mamba2Mixer(nn.Module):
             Defaults to (1, 16).
         bias (bool): Bias of the in/out projections. Defaults to False.
         conv_bias (bool): Bias of the convolution. Defaults to True.
+        fused (bool): Run everything between the two projections as one
+            fused CPU kernel where it applies (CPU float32/bfloat16, not
+            traced); False keeps the composable modules, which are the
+            reference. Defaults to True.
     """
 
     def __init__(self,
@@ -70,7 +74,8 @@ class Mamba2Mixer(nn.Module):
                  dt_init_floor: float = 1e-4,
                  A_init_range: tuple = (1, 16),
                  bias: bool = False,
-                 conv_bias: bool = True):
+                 conv_bias: bool = True,
+                 fused: bool = True):
         super().__init__()
         self.d_inner = expand * embed_dims
         if self.d_inner % headdim:
@@ -105,8 +110,7 @@ class Mamba2Mixer(nn.Module):
         self.norm = GatedRMSNorm(
             self.d_inner, eps=1e-5, group_size=self.d_inner // ngroups)
         self.out_proj = nn.Linear(self.d_inner, embed_dims, bias=bias)
-        # Use the fused CPU kernels where they apply (see the module doc).
-        self.fused = True
+        self.fused = fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         zxbcdt = self.in_proj(x)
