@@ -10,6 +10,7 @@ sweep skips the runs already there; a run that was interrupted resumes from
 its last checkpoint (saved every ``CHECKPOINT_EVERY`` steps).
 """
 import csv
+import io
 import json
 import re
 import subprocess
@@ -262,9 +263,7 @@ def train(run: Run, config: Path, work_dir: Path, log,
                 saving = SAVING.search(line)
                 if saving:
                     clock[saving.group(1)] = round(time.time() - start, 1)
-                    tmp = clock_path.with_suffix('.tmp')
-                    tmp.write_text(json.dumps(clock))
-                    tmp.replace(clock_path)
+                    _write_atomically(clock_path, json.dumps(clock))
                 progress = PROGRESS.search(line)
                 if progress:
                     step, total, loss = progress.groups()
@@ -285,18 +284,22 @@ def load_results(path: Path) -> List[dict]:
     return json.loads(path.read_text()) if path.exists() else []
 
 
+def _write_atomically(path: Path, text: str):
+    """A kill mid-write leaves the previous file, never half of one."""
+    from patchscale_mm.engine import atomic_write
+    atomic_write(path, text.encode())
+
+
 def save_results(records: List[dict], work_dir: Path):
-    """results.json and results.csv, written atomically (temp + rename)."""
-    tmp = work_dir / 'results.json.tmp'
-    tmp.write_text(json.dumps(records, indent=1))
-    tmp.replace(work_dir / 'results.json')
-    tmp = work_dir / 'results.csv.tmp'
-    with open(tmp, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=RESULT_KEYS,
-                                extrasaction='ignore')
-        writer.writeheader()
-        writer.writerows(records)
-    tmp.replace(work_dir / 'results.csv')
+    """results.json and results.csv, each written atomically."""
+    _write_atomically(work_dir / 'results.json',
+                      json.dumps(records, indent=1))
+    table = io.StringIO(newline='')
+    writer = csv.DictWriter(table, fieldnames=RESULT_KEYS,
+                            extrasaction='ignore')
+    writer.writeheader()
+    writer.writerows(records)
+    _write_atomically(work_dir / 'results.csv', table.getvalue())
 
 
 def format_table(records: Sequence[dict]) -> str:

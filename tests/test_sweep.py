@@ -1,5 +1,6 @@
 """The scaling sweep end to end on a tiny slice, through the same code path
 as the default run (tools/train.py, the Runners, the fit and the plot)."""
+import csv
 import json
 import os
 import re
@@ -41,6 +42,10 @@ def test_sweep_end_to_end(tmp_path):
         assert 0 < r['test_loss'] < 10 and 0 <= r['metric'] <= 100
         # The run's own logs and config stay beside the result.
         assert (Path(r['work_dir']) / 'train.log').is_file()
+    with open(tmp_path / 'sweep' / 'results.csv', newline='') as f:
+        rows = list(csv.DictReader(f))
+    assert [(r['task'], int(r['patch']), float(r['test_loss'])) for r in rows] \
+        == [(r['task'], r['patch'], r['test_loss']) for r in records]
     assert (tmp_path / 'sweep' / 'scaling_law.png').stat().st_size > 0
     fits = json.loads((tmp_path / 'sweep' / 'fits.json').read_text())
     assert set(fits) == {'seg/adventurer', 'cls/adventurer'}
