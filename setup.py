@@ -52,8 +52,9 @@ def scan_extensions():
             'patchscale_mm.ops._C',
             [str(csrc / f) for f in ('ssd_cpu.cpp', 'ssd_cpu_avx512.cpp',
                                      'ssd_cpu_avx2.cpp', 'ssd_cpu_generic.cpp')],
-            depends=[str(csrc / f) for f in ('ssd_cpu.h', 'ssd_cpu_kernel.h', 'mixer_cpu.h',
-                                              'mixer_cpu_kernel.h', 'mixer_cpu_ops.h')],
+            depends=[str(csrc / f) for f in ('ssd_cpu.h', 'ssd_cpu_kernel.h', 'ssd_inputs.h',
+                                              'mixer_cpu.h', 'mixer_cpu_kernel.h',
+                                              'mixer_cpu_ops.h')],
             extra_compile_args=cxx)
     ]
     force = os.environ.get('PATCHSCALE_FORCE_CUDA')
@@ -72,7 +73,7 @@ def scan_extensions():
             CUDAExtension(
                 'patchscale_mm.ops._C_cuda',
                 [str(csrc / 'ssd_cuda.cpp'), str(csrc / 'ssd_cuda_kernel.cu')],
-                depends=[str(csrc / 'ssd_cuda.h')],
+                depends=[str(csrc / f) for f in ('ssd_cuda.h', 'ssd_inputs.h')],
                 extra_compile_args=dict(
                     cxx=['-O3'],
                     nvcc=['-O3', '-lineinfo'])))

@@ -277,6 +277,49 @@ def test_backend_device_mismatch():
         ssd_scan(**inp, backend='cuda')
 
 
+def _op_args(inp, D=None):
+    """Positional arguments of torch.ops.patchscale_mm.ssd_fwd (D as (h, p))."""
+    return [inp['x'], inp['dt'], inp['A'], inp['B'], inp['C'], D, inp.get('z'),
+            inp.get('dt_bias'), inp.get('initial_states')]
+
+
+@needs_cpp
+@pytest.mark.parametrize('corrupt, message', [
+    (lambda a: a.__setitem__(1, a[1][:, :-1].contiguous()),
+     r'dt has shape \[2, 6, 4\], expected \[2, 7, 4\]'),
+    (lambda a: a.__setitem__(2, a[2].float()), 'A has dtype Float, expected Double'),
+    (lambda a: a.__setitem__(4, a[4].transpose(1, 2).contiguous().transpose(1, 2)),
+     'C must be contiguous'),
+    (lambda a: a.__setitem__(5, torch.zeros(4, 2, dtype=torch.float64)),
+     r'D has shape \[4, 2\], expected \[4, 3\]'),
+    (lambda a: a.__setitem__(3, a[3][:, :, :1].expand(2, 7, 3, 5).contiguous()),
+     'groups must divide heads'),
+    (lambda a: a.__setitem__(0, a[0].half()), 'computes in float32 or float64, got Half'),
+], ids=['dt-shape', 'A-dtype', 'C-layout', 'D-shape', 'B-groups', 'x-dtype'])
+def test_op_rejects_bad_inputs_by_name(corrupt, message):
+    """The op checks every raw-pointer input (shape, dtype, layout) before the
+    kernel reads it, and says which input is wrong."""
+    args = _op_args(make_inputs())
+    corrupt(args)
+    with pytest.raises(RuntimeError, match=f'ssd_scan cpp: {message}'):
+        torch.ops.patchscale_mm.ssd_fwd(*args, True, 0.0, math.inf, 4, True)
+
+
+@needs_cpp
+def test_op_backward_checks_the_saved_chunk_states():
+    args = _op_args(make_inputs())
+    out, final, states = torch.ops.patchscale_mm.ssd_fwd(*args, True, 0.0, math.inf, 4, True)
+    assert states.shape == (2, 4, 2, 5, 3)  # 7 tokens in chunks of 4
+    grads = torch.ops.patchscale_mm.ssd_bwd(out, final, *args, states, True, 0.0, math.inf, 4)
+    assert [tuple(g.shape) for g in grads[:5]] == [tuple(a.shape) for a in args[:5]]
+    with pytest.raises(RuntimeError, match=r'chunk_states has shape \[2, 4, 2, 5, 3\], '
+                                           r'expected \[2, 4, 4, 5, 3\]'):
+        torch.ops.patchscale_mm.ssd_bwd(out, final, *args, states, True, 0.0, math.inf, 2)
+    with pytest.raises(RuntimeError, match=r'dout has shape \[2, 6, 4, 3\]'):
+        torch.ops.patchscale_mm.ssd_bwd(out[:, :-1].contiguous(), final, *args, states,
+                                        True, 0.0, math.inf, 4)
+
+
 @needs_cpp
 def test_torch_compile_traces_the_op():
     inp = make_inputs(l=9, p=4, n=8, dtype=torch.float32)

@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
-#include <limits>
 #include <string>
 #include <vector>
 
@@ -17,6 +16,7 @@
 
 #include "mixer_cpu.h"
 #include "ssd_cpu.h"
+#include "ssd_inputs.h"
 
 namespace patchscale_ssd {
 
@@ -52,24 +52,9 @@ const KernelSet &kernels() {
   return ks;
 }
 
-const void *ptr_or_null(const c10::optional<at::Tensor> &t) {
-  return t.has_value() && t->defined() ? t->data_ptr() : nullptr;
-}
+using patchscale_ssd_inputs::ptr_or_null;
 
-void check_input(const at::Tensor &t, const char *name, const at::Tensor &like,
-                 at::IntArrayRef shape) {
-  TORCH_CHECK(t.device().is_cpu(), "ssd_scan cpp: ", name, " must be a CPU tensor");
-  TORCH_CHECK(t.scalar_type() == like.scalar_type(), "ssd_scan cpp: ", name, " has dtype ",
-              t.scalar_type(), ", expected ", like.scalar_type());
-  TORCH_CHECK(t.is_contiguous(), "ssd_scan cpp: ", name, " must be contiguous");
-  TORCH_CHECK(t.sizes() == shape, "ssd_scan cpp: ", name, " has shape ", t.sizes(),
-              ", expected ", shape);
-}
-
-void check_optional(const c10::optional<at::Tensor> &t, const char *name, const at::Tensor &like,
-                    at::IntArrayRef shape) {
-  if (t.has_value() && t->defined()) check_input(*t, name, like, shape);
-}
+constexpr const char *kOp = "ssd_scan cpp";
 
 SSDParams make_params(const at::Tensor &x, const at::Tensor &dt, const at::Tensor &A,
                       const at::Tensor &B, const at::Tensor &C,
@@ -77,45 +62,9 @@ SSDParams make_params(const at::Tensor &x, const at::Tensor &dt, const at::Tenso
                       const c10::optional<at::Tensor> &dt_bias,
                       const c10::optional<at::Tensor> &init, bool dt_softplus, double dt_min,
                       double dt_max, int64_t chunk_size) {
-  TORCH_CHECK(x.dim() == 4 && B.dim() == 4, "ssd_scan cpp: x and B must be 4-d");
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "ssd_scan cpp: computes in float32 or float64, got ", x.scalar_type());
-  TORCH_CHECK(chunk_size >= 1, "ssd_scan cpp: chunk_size must be positive");
-  SSDParams P{};
-  P.batch = x.size(0);
-  P.seqlen = x.size(1);
-  P.nheads = x.size(2);
-  P.headdim = x.size(3);
-  P.ngroups = B.size(2);
-  P.dstate = B.size(3);
-  TORCH_CHECK(P.ngroups > 0 && P.nheads % P.ngroups == 0,
-              "ssd_scan cpp: groups must divide heads");
-  const int64_t b = P.batch, l = P.seqlen, h = P.nheads, p = P.headdim, g = P.ngroups,
-                n = P.dstate;
-  check_input(x, "x", x, {b, l, h, p});
-  check_input(dt, "dt", x, {b, l, h});
-  check_input(A, "A", x, {h});
-  check_input(B, "B", x, {b, l, g, n});
-  check_input(C, "C", x, {b, l, g, n});
-  check_optional(D, "D", x, {h, p});
-  check_optional(z, "z", x, {b, l, h, p});
-  check_optional(dt_bias, "dt_bias", x, {h});
-  check_optional(init, "initial_states", x, {b, h, p, n});
-  P.chunk = chunk_size;
-  P.dt_softplus = dt_softplus;
-  P.dt_min = dt_min;
-  P.dt_max = dt_max;
-  P.dt_clamp = !(dt_min == 0.0 && dt_max == std::numeric_limits<double>::infinity());
-  P.x = x.data_ptr();
-  P.dt = dt.data_ptr();
-  P.A = A.data_ptr();
-  P.B = B.data_ptr();
-  P.C = C.data_ptr();
-  P.D = ptr_or_null(D);
-  P.z = ptr_or_null(z);
-  P.dt_bias = ptr_or_null(dt_bias);
-  P.init = ptr_or_null(init);
-  return P;
+  TORCH_CHECK(x.device().is_cpu(), kOp, ": x must be a CPU tensor, got ", x.device());
+  return patchscale_ssd_inputs::read_scan_inputs<SSDParams>(
+      kOp, x, dt, A, B, C, D, z, dt_bias, init, dt_softplus, dt_min, dt_max, chunk_size);
 }
 
 // thread_stride: elements between the threads' dB/dC buffers (backward).
@@ -130,7 +79,7 @@ void run(const SSDParams &P, bool is_double, bool backward, int64_t thread_strid
   // OpenMP runtime competes with it.
   at::parallel_for(0, P.batch * P.nheads, 1, [&](int64_t begin, int64_t end) {
     const int64_t tid = at::get_thread_num();
-    TORCH_CHECK(tid < nthreads, "ssd_scan cpp: unexpected thread ", tid);
+    TORCH_CHECK(tid < nthreads, kOp, ": unexpected thread ", tid);
     SSDParams Pt = P;
     if (backward) {
       Pt.dB = static_cast<char *>(P.dB) + tid * thread_stride * elem;
@@ -179,11 +128,9 @@ std::vector<at::Tensor> ssd_bwd_cpu(
     int64_t chunk_size) {
   SSDParams P = make_params(x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus, dt_min,
                             dt_max, chunk_size);
+  patchscale_ssd_inputs::check_grad_inputs(kOp, P, x, dout, dfinal, chunk_states);
   const int64_t b = P.batch, l = P.seqlen, h = P.nheads, p = P.headdim, g = P.ngroups,
-                n = P.dstate, nchunks = (l + P.chunk - 1) / P.chunk;
-  check_input(dout, "dout", x, {b, l, h, p});
-  check_optional(dfinal, "dfinal_states", x, {b, h, p, n});
-  check_input(chunk_states, "chunk_states", x, {b, h, nchunks, n, p});
+                n = P.dstate;
   const auto opt = x.options();
   at::Tensor dx = at::empty_like(x), ddt = at::empty_like(dt);
   // Per-thread sums over heads, rather than per-head buffers: at 50K tokens

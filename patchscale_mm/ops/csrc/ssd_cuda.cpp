@@ -1,7 +1,6 @@
 // Torch glue of the CUDA selective-scan kernels: the CUDA implementation of
 // the ops that ssd_cpu.cpp defines (load patchscale_mm.ops._C first).
 #include <cmath>
-#include <limits>
 #include <vector>
 
 #include <c10/cuda/CUDAStream.h>
@@ -10,75 +9,25 @@
 #include <torch/library.h>
 
 #include "ssd_cuda.h"
+#include "ssd_inputs.h"
 
 namespace patchscale_ssd_cuda {
 namespace {
 
-using OptT = c10::optional<at::Tensor>;
+using patchscale_ssd_inputs::given;
+using patchscale_ssd_inputs::OptT;
+using patchscale_ssd_inputs::ptr_or_null;
 
-bool given(const OptT &t) { return t.has_value() && t->defined(); }
-const void *ptr_or_null(const OptT &t) { return given(t) ? t->data_ptr() : nullptr; }
-
-void check_input(const at::Tensor &t, const char *name, const at::Tensor &like,
-                 at::IntArrayRef shape) {
-  TORCH_CHECK(t.device() == like.device(), "ssd_scan cuda: ", name, " is on ", t.device(),
-              ", expected ", like.device());
-  TORCH_CHECK(t.scalar_type() == like.scalar_type(), "ssd_scan cuda: ", name, " has dtype ",
-              t.scalar_type(), ", expected ", like.scalar_type());
-  TORCH_CHECK(t.is_contiguous(), "ssd_scan cuda: ", name, " must be contiguous");
-  TORCH_CHECK(t.sizes() == shape, "ssd_scan cuda: ", name, " has shape ", t.sizes(),
-              ", expected ", shape);
-}
-
-void check_optional(const OptT &t, const char *name, const at::Tensor &like,
-                    at::IntArrayRef shape) {
-  if (given(t)) check_input(*t, name, like, shape);
-}
+constexpr const char *kOp = "ssd_scan cuda";
 
 Params make_params(const at::Tensor &x, const at::Tensor &dt, const at::Tensor &A,
                    const at::Tensor &B, const at::Tensor &C, const OptT &D, const OptT &z,
                    const OptT &dt_bias, const OptT &init, bool dt_softplus, double dt_min,
                    double dt_max, int64_t chunk_size) {
-  TORCH_CHECK(x.is_cuda(), "ssd_scan cuda: x must be a CUDA tensor");
-  TORCH_CHECK(x.dim() == 4 && B.dim() == 4, "ssd_scan cuda: x and B must be 4-d");
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "ssd_scan cuda: computes in float32 or float64, got ", x.scalar_type());
-  TORCH_CHECK(chunk_size >= 1, "ssd_scan cuda: chunk_size must be positive");
-  Params P{};
-  P.batch = x.size(0);
-  P.seqlen = x.size(1);
-  P.nheads = x.size(2);
-  P.headdim = x.size(3);
-  P.ngroups = B.size(2);
-  P.dstate = B.size(3);
-  TORCH_CHECK(P.ngroups > 0 && P.nheads % P.ngroups == 0,
-              "ssd_scan cuda: groups must divide heads");
-  const int64_t b = P.batch, l = P.seqlen, h = P.nheads, p = P.headdim, g = P.ngroups,
-                n = P.dstate;
-  check_input(x, "x", x, {b, l, h, p});
-  check_input(dt, "dt", x, {b, l, h});
-  check_input(A, "A", x, {h});
-  check_input(B, "B", x, {b, l, g, n});
-  check_input(C, "C", x, {b, l, g, n});
-  check_optional(D, "D", x, {h, p});
-  check_optional(z, "z", x, {b, l, h, p});
-  check_optional(dt_bias, "dt_bias", x, {h});
-  check_optional(init, "initial_states", x, {b, h, p, n});
-  P.chunk = chunk_size;
-  P.nchunks = (l + chunk_size - 1) / chunk_size;
-  P.dt_softplus = dt_softplus;
-  P.dt_min = dt_min;
-  P.dt_max = dt_max;
-  P.dt_clamp = !(dt_min == 0.0 && dt_max == std::numeric_limits<double>::infinity());
-  P.x = x.data_ptr();
-  P.dt = dt.data_ptr();
-  P.A = A.data_ptr();
-  P.B = B.data_ptr();
-  P.C = C.data_ptr();
-  P.D = ptr_or_null(D);
-  P.z = ptr_or_null(z);
-  P.dt_bias = ptr_or_null(dt_bias);
-  P.init = ptr_or_null(init);
+  TORCH_CHECK(x.is_cuda(), kOp, ": x must be a CUDA tensor, got ", x.device());
+  Params P = patchscale_ssd_inputs::read_scan_inputs<Params>(
+      kOp, x, dt, A, B, C, D, z, dt_bias, init, dt_softplus, dt_min, dt_max, chunk_size);
+  P.nchunks = (P.seqlen + P.chunk - 1) / P.chunk;
   return P;
 }
 
@@ -146,11 +95,9 @@ std::vector<at::Tensor> ssd_bwd_cuda(const at::Tensor &dout, const OptT &dfinal,
   const c10::cuda::CUDAGuard guard(x.device());
   Params P = make_params(x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus, dt_min,
                          dt_max, chunk_size);
+  patchscale_ssd_inputs::check_grad_inputs(kOp, P, x, dout, dfinal, chunk_states);
   const int64_t b = P.batch, l = P.seqlen, h = P.nheads, p = P.headdim, g = P.ngroups,
                 n = P.dstate;
-  check_input(dout, "dout", x, {b, l, h, p});
-  check_optional(dfinal, "dfinal_states", x, {b, h, p, n});
-  check_input(chunk_states, "chunk_states", x, {b, h, P.nchunks, n, p});
   const auto opt = x.options();
   const auto dt_f = process_dt(dt, dt_bias, P);
   at::Tensor decay = chunk_decay(dt_f.first, A, P);
