@@ -35,8 +35,10 @@ CHECKPOINT_EVERY = 200
 # Training seconds up to each saved checkpoint, so that a resumed run
 # reports the time its steps took, not the time of its last piece.
 CLOCK_FILE = 'train_seconds.json'
-# The config text a run was started with: a checkpoint resumes only the same.
+# The config text a run was started with: a checkpoint resumes only the same
+# training, whatever its checkpoint and log intervals (the hooks line).
 CONFIG_STAMP = 'run_config.txt'
+HOOKS_LINE = re.compile(r'^default_hooks = .*\n?', re.MULTILINE)
 RESULT_KEYS = ('task', 'family', 'patch', 'tokens', 'params', 'flops',
                'steps', 'batch_size', 'test_loss', 'metric', 'metric_name',
                'seconds')
@@ -220,11 +222,14 @@ def resumable_checkpoint(run: Run, work_dir: Path,
                          config_text: str) -> Optional[str]:
     """The checkpoint an interrupted run of this very config left, or None
     (no run yet, one of a different config, or one that trained to the end:
-    its evaluation is redone by training again)."""
+    its evaluation is redone by training again). Saving and logging more or
+    less often is the same config: ``--checkpoint-every`` may change between
+    the pieces of a run."""
     from patchscale_mm.engine import find_resumable_checkpoint
     # Not the config itself: the Runner overwrites it with its full dump.
     stamp = work_dir / CONFIG_STAMP
-    if not stamp.is_file() or stamp.read_text() != config_text:
+    if not stamp.is_file() or (HOOKS_LINE.sub('', stamp.read_text())
+                               != HOOKS_LINE.sub('', config_text)):
         return None
     found = find_resumable_checkpoint(str(work_dir))
     step = found and _checkpoint_iteration(found)

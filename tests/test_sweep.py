@@ -90,6 +90,29 @@ def test_run_config_overrides_only_patch_steps_and_data(tmp_path):
     assert cfg.model.decode_head.type == 'patchscale_mm.LinearSegHead'
 
 
+def test_a_checkpoint_resumes_the_same_training_at_any_save_interval(tmp_path):
+    """The config stamp decides which checkpoint a rerun continues: other
+    save and log intervals are the same training, other steps, batch or
+    data are not (they start again)."""
+    import torch
+    run = sweep.Run('cls', 'vit', 4, steps=100)
+    started = sweep.run_config(run, '/data', checkpoint_every=10)
+    (tmp_path / sweep.CONFIG_STAMP).write_text(started)
+    ckpt = tmp_path / 'iter_20.pth'
+    torch.save(dict(meta=dict(iter=20), state_dict={}), ckpt)
+    (tmp_path / 'last_checkpoint').write_text(str(ckpt))
+
+    assert sweep.resumable_checkpoint(run, tmp_path, started) == str(ckpt)
+    rarer = sweep.run_config(run, '/data', checkpoint_every=50)
+    assert rarer != started
+    assert sweep.resumable_checkpoint(run, tmp_path, rarer) == str(ckpt)
+    for other in (sweep.run_config(run, '/data', batch_size=64, checkpoint_every=10),
+                  sweep.run_config(run, '/elsewhere', checkpoint_every=10),
+                  sweep.run_config(sweep.Run('cls', 'vit', 4, steps=200), '/data',
+                                   checkpoint_every=10)):
+        assert sweep.resumable_checkpoint(run, tmp_path, other) is None
+
+
 def write_class_folders(root: Path) -> Path:
     """An ImageNet-layout folder of real images (two Fashion-MNIST classes)
     at mixed, non-square sizes, as a user's own data would come."""
@@ -150,6 +173,8 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
     run_dir = tmp_path / 'sweep' / 'cls_adventurer_p8'
     assert not (tmp_path / 'sweep' / 'results.json').exists()
 
+    # Saving at another interval is still the same run.
+    args[args.index('--checkpoint-every') + 1] = 5
     second = subprocess.run(list(map(str, args)), cwd=ROOT, text=True,
                             capture_output=True, timeout=600)
     assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
@@ -168,3 +193,5 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
     assert record['steps'] == 400 and 0 < record['test_loss'] < 10
     clock = json.loads((run_dir / sweep.CLOCK_FILE).read_text())
     assert record['seconds'] >= clock[str(start)] > 0
+    saved_after = [int(k) for k in clock if int(k) > start]
+    assert saved_after and all(k % 5 == 0 for k in saved_after)

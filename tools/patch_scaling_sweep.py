@@ -81,8 +81,8 @@ def parse_args(argv=None):
         '--checkpoint-every', type=int, default=sweep.CHECKPOINT_EVERY,
         metavar='STEPS',
         help='save a checkpoint every STEPS steps: an interrupted sweep, '
-        'run again with the same arguments, resumes its unfinished run '
-        f'from there (default {sweep.CHECKPOINT_EVERY})')
+        'run again with the same arguments (STEPS may differ), resumes its '
+        f'unfinished run from there (default {sweep.CHECKPOINT_EVERY})')
     parser.add_argument('--force', action='store_true',
                         help='rerun runs already in results.json, from '
                         'scratch')
