@@ -459,6 +459,14 @@ def test_check_cuda_scan_without_gpu(monkeypatch):
     args = tool.parse_args(['--lengths', '3136', '--no-mamba'])
     assert args.lengths == [3136] and args.no_mamba and args.chunk == 256
     assert tool.parse_args([]).lengths == [3136, 50176]
+    assert tool.parse_args([]).sections == list(tool.SECTIONS)
+    assert tool.parse_args(['--sections', 'mamba', 'speed']).sections == ['mamba', 'speed']
+    with pytest.raises(SystemExit):
+        tool.parse_args(['--sections', 'everything'])
+    monkeypatch.setenv('TRITON_F32_DEFAULT', 'ieee')
+    assert tool.triton_fp32_precision() == 'ieee'
+    monkeypatch.delenv('TRITON_F32_DEFAULT')
+    assert tool.triton_fp32_precision() == 'tf32'
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     with pytest.raises(SystemExit) as e:
         tool.main([])

@@ -1,5 +1,6 @@
 import importlib
 import math
+import types
 
 import pytest
 import torch
@@ -204,6 +205,25 @@ def test_mamba_ssm_kwargs_are_passed_through(monkeypatch):
     inp = make_inputs(l=3)
     assert ssd_scan(**inp, dt_softplus=True, chunk_size=8) is inp['x']
     assert seen['chunk_size'] == 8 and seen['dt_softplus'] and seen['D'] is inp['D']
+
+
+def test_auto_prefers_mamba_ssm_on_cuda_then_our_kernel_then_torch(monkeypatch):
+    """'auto' on CUDA: mamba-ssm when installed (faster backward), else our
+    CUDA kernel, else the torch scan with a warning; CPU never takes mamba-ssm."""
+    on_cuda = types.SimpleNamespace(device=torch.device('cuda'), is_cuda=True)
+    on_cpu = torch.empty(0)
+    built = {'cpu': (True, None), 'cuda': (True, None)}
+    monkeypatch.setattr(importlib.import_module('patchscale_mm.ops.ssd_kernel'),
+                        'load_kernels', lambda device_type: built[device_type])
+    monkeypatch.setattr(ssd_mod, '_load_mamba_ssm', lambda: (object(), None))
+    assert ssd_mod._resolve_backend(None, on_cuda) == 'mamba_ssm'
+    assert ssd_mod._resolve_backend('auto', on_cpu) == 'cpp'
+    assert ssd_mod._resolve_backend('cuda', on_cuda) == 'cuda'
+    monkeypatch.setattr(ssd_mod, '_load_mamba_ssm', lambda: (None, 'ImportError'))
+    assert ssd_mod._resolve_backend(None, on_cuda) == 'cuda'
+    built['cuda'] = (False, 'no CUDA kernel in this test build')
+    with pytest.warns(UserWarning, match='no CUDA kernel in this test build'):
+        assert ssd_mod._resolve_backend(None, on_cuda) == 'torch'
 
 
 @pytest.mark.parametrize('name,bad', [
