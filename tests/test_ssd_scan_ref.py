@@ -208,15 +208,20 @@ def test_mamba_ssm_kwargs_are_passed_through(monkeypatch):
 
 
 def test_auto_prefers_mamba_ssm_on_cuda_then_our_kernel_then_torch(monkeypatch):
-    """'auto' on CUDA: mamba-ssm when installed (faster backward), else our
-    CUDA kernel, else the torch scan with a warning; CPU never takes mamba-ssm."""
-    on_cuda = types.SimpleNamespace(device=torch.device('cuda'), is_cuda=True)
+    """'auto' on CUDA: mamba-ssm when installed (faster backward) except for
+    fp64, else our CUDA kernel, else the torch scan with a warning; CPU never
+    takes mamba-ssm."""
+    on_cuda = types.SimpleNamespace(device=torch.device('cuda'), is_cuda=True,
+                                    dtype=torch.float32)
+    fp64_on_cuda = types.SimpleNamespace(device=torch.device('cuda'), is_cuda=True,
+                                         dtype=torch.float64)
     on_cpu = torch.empty(0)
     built = {'cpu': (True, None), 'cuda': (True, None)}
     monkeypatch.setattr(importlib.import_module('patchscale_mm.ops.ssd_kernel'),
                         'load_kernels', lambda device_type: built[device_type])
     monkeypatch.setattr(ssd_mod, '_load_mamba_ssm', lambda: (object(), None))
     assert ssd_mod._resolve_backend(None, on_cuda) == 'mamba_ssm'
+    assert ssd_mod._resolve_backend(None, fp64_on_cuda) == 'cuda'  # TF32 is not fp64
     assert ssd_mod._resolve_backend('auto', on_cpu) == 'cpp'
     assert ssd_mod._resolve_backend('cuda', on_cuda) == 'cuda'
     monkeypatch.setattr(ssd_mod, '_load_mamba_ssm', lambda: (None, 'ImportError'))

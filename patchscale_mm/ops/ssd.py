@@ -265,7 +265,8 @@ def _resolve_backend(backend: Optional[str], x: Tensor) -> str:
     kernel for the device it warns once and falls back to 'torch'. mamba_ssm
     comes first because its backward is much faster (19x forward+backward at
     50,176 tokens on an H200, docs/benchmarks.md); it multiplies fp32 in TF32,
-    so ``backend='cuda'`` is the choice for full fp32 accuracy.
+    so fp64 inputs, which ask for accuracy, skip it, and ``backend='cuda'``
+    is the choice for full fp32 accuracy.
     """
     name = backend if backend is not None else os.environ.get(BACKEND_ENV) or 'auto'
     if name not in BACKENDS:
@@ -275,7 +276,7 @@ def _resolve_backend(backend: Optional[str], x: Tensor) -> str:
     if name == 'auto':
         if x.device.type not in ('cpu', 'cuda'):
             return 'torch'
-        if x.is_cuda and _load_mamba_ssm()[0] is not None:
+        if x.is_cuda and x.dtype != torch.float64 and _load_mamba_ssm()[0] is not None:
             return 'mamba_ssm'
         ok, reason = load_kernels(x.device.type)
         if ok:
