@@ -52,6 +52,7 @@ const KernelSet &kernels() {
   return ks;
 }
 
+using patchscale_ssd_inputs::chunk_count;
 using patchscale_ssd_inputs::ptr_or_null;
 
 constexpr const char *kOp = "ssd_scan cpp";
@@ -104,7 +105,7 @@ std::vector<at::Tensor> ssd_fwd_cpu(const at::Tensor &x, const at::Tensor &dt,
                                     int64_t chunk_size, bool save_states) {
   SSDParams P = make_params(x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus, dt_min,
                             dt_max, chunk_size);
-  const int64_t nchunks = (P.seqlen + P.chunk - 1) / P.chunk;
+  const int64_t nchunks = chunk_count(P.seqlen, P.chunk);
   at::Tensor out = at::empty_like(x);
   at::Tensor fin = at::empty({P.batch, P.nheads, P.headdim, P.dstate}, x.options());
   at::Tensor ckpt = save_states
@@ -174,7 +175,7 @@ std::vector<at::Tensor> ssd_fwd_meta(const at::Tensor &x, const at::Tensor &dt,
                                      int64_t chunk_size, bool save_states) {
   const auto b = x.sym_size(0), l = x.sym_size(1), h = x.sym_size(2), p = x.sym_size(3);
   const auto n = B.sym_size(3);
-  const auto nchunks = (l + chunk_size - 1) / chunk_size;
+  const auto nchunks = chunk_count(l, chunk_size);
   return {at::empty_symint(x.sym_sizes(), x.options()),
           at::empty_symint({b, h, p, n}, x.options()),
           save_states ? at::empty_symint({b, h, nchunks, n, p}, x.options())

@@ -14,6 +14,7 @@
 namespace patchscale_ssd_cuda {
 namespace {
 
+using patchscale_ssd_inputs::chunk_count;
 using patchscale_ssd_inputs::given;
 using patchscale_ssd_inputs::OptT;
 using patchscale_ssd_inputs::ptr_or_null;
@@ -27,7 +28,7 @@ Params make_params(const at::Tensor &x, const at::Tensor &dt, const at::Tensor &
   TORCH_CHECK(x.is_cuda(), kOp, ": x must be a CUDA tensor, got ", x.device());
   Params P = patchscale_ssd_inputs::read_scan_inputs<Params>(
       kOp, x, dt, A, B, C, D, z, dt_bias, init, dt_softplus, dt_min, dt_max, chunk_size);
-  P.nchunks = (P.seqlen + P.chunk - 1) / P.chunk;
+  P.nchunks = chunk_count(P.seqlen, P.chunk);
   return P;
 }
 

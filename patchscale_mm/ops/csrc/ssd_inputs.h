@@ -15,6 +15,11 @@ using OptT = c10::optional<at::Tensor>;
 inline bool given(const OptT &t) { return t.has_value() && t->defined(); }
 inline const void *ptr_or_null(const OptT &t) { return given(t) ? t->data_ptr() : nullptr; }
 
+// Chunks of `chunk` tokens covering `seqlen` (the last may be short); Int is
+// int64_t or c10::SymInt (shape functions).
+template <class Int>
+Int chunk_count(const Int &seqlen, int64_t chunk) { return (seqlen + chunk - 1) / chunk; }
+
 // The kernels read raw pointers: every tensor must be contiguous, on x's
 // device, of x's dtype and of the expected shape.
 inline void check_input(const char *op, const at::Tensor &t, const char *name,
@@ -88,7 +93,7 @@ void check_grad_inputs(const char *op, const Params &P, const at::Tensor &x,
                        const at::Tensor &dout, const OptT &dfinal,
                        const at::Tensor &chunk_states) {
   const int64_t b = P.batch, h = P.nheads, p = P.headdim, n = P.dstate;
-  const int64_t nchunks = (P.seqlen + P.chunk - 1) / P.chunk;
+  const int64_t nchunks = chunk_count(P.seqlen, P.chunk);
   check_input(op, dout, "dout", x, {b, P.seqlen, h, p});
   check_optional(op, dfinal, "dfinal_states", x, {b, h, p, n});
   check_input(op, chunk_states, "chunk_states", x, {b, h, nchunks, n, p});
