@@ -459,7 +459,8 @@ def test_check_cuda_scan_without_gpu(monkeypatch):
     args = tool.parse_args(['--lengths', '3136', '--no-mamba'])
     assert args.lengths == [3136] and args.no_mamba and args.chunk == 256
     assert tool.parse_args([]).lengths == [3136, 50176]
-    assert tool.parse_args([]).sections == list(tool.SECTIONS)
+    assert tool.parse_args([]).sections == ['reference', 'mamba', 'lengths', 'speed']
+    assert tool.parse_args(['--sections', 'profile']).sections == ['profile']
     assert tool.parse_args(['--sections', 'mamba', 'speed']).sections == ['mamba', 'speed']
     with pytest.raises(SystemExit):
         tool.parse_args(['--sections', 'everything'])
@@ -471,6 +472,16 @@ def test_check_cuda_scan_without_gpu(monkeypatch):
     with pytest.raises(SystemExit) as e:
         tool.main([])
     assert 'no CUDA device' in str(e.value.code) and '\n' not in str(e.value.code)
+
+
+def test_check_cuda_scan_names_profiled_kernels_briefly():
+    kernel_name = _load_tool('check_cuda_scan').kernel_name
+    assert kernel_name('void patchscale_ssd_cuda::(anonymous namespace)::bwd_chunk_kernel'
+                       '<float, 8>(patchscale_ssd_cuda::Params, int, int, int)') == 'bwd_chunk_kernel'
+    assert kernel_name('void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, '
+                       'at::native::func_wrapper_t<float> > >(at::native::ReduceOp<float>)'
+                       ) == 'reduce_kernel'
+    assert kernel_name('Memcpy DtoD (Device -> Device)') == 'Memcpy DtoD'
 
 
 def test_check_cuda_scan_takes_mamba_ssm_kernels_from_a_source_tree(

@@ -8,7 +8,9 @@ and 50176, at L = 50178 with batch 2 (int64 offsets), and its accuracy and
 speed beside mamba-ssm's ``mamba_chunk_scan_combined`` and the chunked
 PyTorch scan. ``--sections`` runs a part alone: mamba-ssm's Triton kernels
 multiply fp32 in TF32 by default, so its accuracy is checked by running
-``--sections mamba`` again under ``TRITON_F32_DEFAULT=ieee``.
+``--sections mamba`` again under ``TRITON_F32_DEFAULT=ieee``. ``--sections
+profile`` (not in the default run) lists the GPU time of each kernel launched
+by the CUDA kernel's forward+backward.
 
     pip install --no-build-isolation -e .   # builds the CUDA kernel where a GPU is visible
     python tools/analysis/check_cuda_scan.py --out cuda_scan.md
@@ -264,7 +266,55 @@ def check_against_mamba_ssm(report, lengths, chunk):
         del ref
 
 
-SECTIONS = ('reference', 'mamba', 'lengths', 'speed')
+def kernel_name(event_name: str) -> str:
+    """'void ns::(anonymous namespace)::bwd_chunk_kernel<float, 8>(...)' -> 'bwd_chunk_kernel'."""
+    name = event_name.removeprefix('void ').replace('(anonymous namespace)::', '')
+    head = re.split(r'[<(]', name, maxsplit=1)[0]
+    return head.rsplit('::', 1)[-1].strip() or event_name[:40]
+
+
+def profile_kernels(report, lengths, chunk, repeats=3):
+    """Where the CUDA kernel's forward+backward spends its GPU time, per
+    launched kernel (torch.profiler), to direct work on the backward."""
+    from torch.profiler import ProfilerActivity, profile
+    report('\n### CUDA kernel, forward+backward: GPU time per launched kernel '
+           f'(torch.profiler, mean of {repeats})\n')
+    report('| L | kernel | calls per step | ms per step | share |')
+    report('|---|---|---|---|---|')
+    for l in lengths:
+        inp = adventurer_t_inputs(1, l)
+        leaves = {k: v.clone().requires_grad_(True) for k, v in inp.items()}
+        gy = torch.randn_like(inp['x'])
+        fn = scan_fn('cuda', chunk)
+
+        def fwd_bwd():
+            for v in leaves.values():
+                v.grad = None
+            fn(**leaves, dt_softplus=True).backward(gy)
+
+        fwd_bwd()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(repeats):
+                fwd_bwd()
+            torch.cuda.synchronize()
+        per_kernel = {}
+        for event in prof.key_averages():
+            us = getattr(event, 'device_time_total', None)
+            if us is None:
+                us = event.cuda_time_total
+            if us <= 0:
+                continue
+            calls, total = per_kernel.get(kernel_name(event.key), (0, 0.0))
+            per_kernel[kernel_name(event.key)] = (calls + event.count, total + us)
+        step_us = sum(total for _, total in per_kernel.values())
+        for name, (calls, total) in sorted(per_kernel.items(), key=lambda kv: -kv[1][1])[:10]:
+            report(f'| {l} | {name} | {calls / repeats:g} | {total / repeats / 1e3:.3f} | '
+                   f'{total / step_us:.0%} |')
+
+
+SECTIONS = ('reference', 'mamba', 'lengths', 'speed', 'profile')
+DEFAULT_SECTIONS = SECTIONS[:4]  # profiling is on request
 
 
 def parse_args(argv=None):
@@ -276,9 +326,10 @@ def parse_args(argv=None):
     parser.add_argument('--mamba-ssm-src', type=Path, default=None, metavar='DIR',
                         help="take mamba-ssm's Triton SSD kernels from this unpacked "
                         'source tree (nothing is built)')
-    parser.add_argument('--sections', nargs='+', choices=SECTIONS, default=list(SECTIONS),
-                        help='which parts to run (default: all); e.g. `--sections mamba` '
-                        'again under TRITON_F32_DEFAULT=ieee')
+    parser.add_argument('--sections', nargs='+', choices=SECTIONS,
+                        default=list(DEFAULT_SECTIONS),
+                        help='which parts to run (default: all but profile); e.g. '
+                        '`--sections mamba` again under TRITON_F32_DEFAULT=ieee')
     parser.add_argument('--out', type=Path, default=None, help='also write the report here')
     return parser.parse_args(argv)
 
@@ -313,6 +364,8 @@ def main(argv=None):
         check_lengths(report, args.lengths, args.chunk)
     if 'speed' in args.sections:
         time_implementations(report, args.lengths, args.chunk, with_mamba)
+    if 'profile' in args.sections:
+        profile_kernels(report, args.lengths, args.chunk)
     report(f'\n{"FAILED" if report.failed else "All checks passed."}')
     if args.out:
         args.out.write_text('\n'.join(report.lines) + '\n')
