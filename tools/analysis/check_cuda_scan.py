@@ -159,6 +159,23 @@ def adventurer_t_inputs(b, l, h=8, p=64, n=64, seed=0):
                 D=torch.ones(h).cuda(), dt_bias=(torch.randn(h, generator=gen) * 0.1).cuda())
 
 
+def fp64_reference(inp, chunk):
+    """Outputs and gradients of the chunked scan on fp64 copies of ``inp``."""
+    return outputs_and_grads(scan_fn('chunked', chunk), {k: v.double() for k, v in inp.items()},
+                             dt_softplus=True)
+
+
+def fwd_bwd_step(fn, inp, gy):
+    """One forward+backward of ``fn`` on leaf copies of ``inp`` (gradients reset)."""
+    leaves = {k: v.clone().requires_grad_(True) for k, v in inp.items()}
+
+    def step():
+        for v in leaves.values():
+            v.grad = None
+        fn(**leaves, dt_softplus=True).backward(gy)
+    return step
+
+
 def check_lengths(report, lengths, chunk):
     report('\n### Adventurer-T mixer shape (8 heads x 64, d_state 64, batch 1, fp32): '
            'CUDA kernel against the chunked scan in fp64\n')
@@ -166,16 +183,14 @@ def check_lengths(report, lengths, chunk):
     report('|---|---|---|---|')
     for l in lengths:
         inp = adventurer_t_inputs(1, l)
-        ref = outputs_and_grads(scan_fn('chunked', chunk), {k: v.double() for k, v in inp.items()},
-                                dt_softplus=True)
+        ref = fp64_reference(inp, chunk)
         got = outputs_and_grads(scan_fn('cuda', chunk), inp, dt_softplus=True)
         report.check(f'L {l}', *compare(got, ref, 6e-4, 2e-3))
         del ref, got
     # Offsets past 2^31 for per-token states (b * l * h * p * n), batch 2.
     b, l, h, p, n = 2, 50178, 2, 64, 192
     inp = adventurer_t_inputs(b, l, h, p, n, seed=1)
-    ref = outputs_and_grads(scan_fn('chunked', chunk), {k: v.double() for k, v in inp.items()},
-                            dt_softplus=True)
+    ref = fp64_reference(inp, chunk)
     got = outputs_and_grads(scan_fn('cuda', chunk), inp, dt_softplus=True)
     report.check(f'L {l}, batch {b}, h {h}, p {p}, n {n}', *compare(got, ref, 6e-4, 2e-3))
     del ref, got
@@ -189,7 +204,6 @@ def time_implementations(report, lengths, chunk, with_mamba):
     impls = ['cuda'] + (['mamba_ssm'] if with_mamba else []) + ['chunked']
     for l in lengths:
         inp = adventurer_t_inputs(1, l)
-        leaves = {k: v.clone().requires_grad_(True) for k, v in inp.items()}
         gy = torch.randn_like(inp['x'])
         rows = []
         for impl in impls:
@@ -199,12 +213,8 @@ def time_implementations(report, lengths, chunk, with_mamba):
                 with torch.no_grad():
                     fn(**inp, dt_softplus=True)
 
-            def fwd_bwd():
-                for v in leaves.values():
-                    v.grad = None
-                fn(**leaves, dt_softplus=True).backward(gy)
-
             t_f = cuda_time(fwd)
+            fwd_bwd = fwd_bwd_step(fn, inp, gy)
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
             t_fb = cuda_time(fwd_bwd)
@@ -251,8 +261,7 @@ def check_against_mamba_ssm(report, lengths, chunk):
     report('|---|---|---|---|---|')
     for l in lengths:
         inp = adventurer_t_inputs(1, l, seed=2)
-        ref = outputs_and_grads(scan_fn('chunked', chunk), {k: v.double() for k, v in inp.items()},
-                                dt_softplus=True)
+        ref = fp64_reference(inp, chunk)
         for impl in ('cuda', 'mamba_ssm'):
             got = outputs_and_grads(scan_fn(impl, chunk), inp, dt_softplus=True)
             worst, name = compare(got, ref, 6e-4, 2e-3)
@@ -283,15 +292,7 @@ def profile_kernels(report, lengths, chunk, repeats=3):
     report('|---|---|---|---|---|')
     for l in lengths:
         inp = adventurer_t_inputs(1, l)
-        leaves = {k: v.clone().requires_grad_(True) for k, v in inp.items()}
-        gy = torch.randn_like(inp['x'])
-        fn = scan_fn('cuda', chunk)
-
-        def fwd_bwd():
-            for v in leaves.values():
-                v.grad = None
-            fn(**leaves, dt_softplus=True).backward(gy)
-
+        fwd_bwd = fwd_bwd_step(scan_fn('cuda', chunk), inp, torch.randn_like(inp['x']))
         fwd_bwd()
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -305,8 +306,9 @@ def profile_kernels(report, lengths, chunk, repeats=3):
                 us = event.cuda_time_total
             if us <= 0:
                 continue
-            calls, total = per_kernel.get(kernel_name(event.key), (0, 0.0))
-            per_kernel[kernel_name(event.key)] = (calls + event.count, total + us)
+            name = kernel_name(event.key)
+            calls, total = per_kernel.get(name, (0, 0.0))
+            per_kernel[name] = (calls + event.count, total + us)
         step_us = sum(total for _, total in per_kernel.values())
         for name, (calls, total) in sorted(per_kernel.items(), key=lambda kv: -kv[1][1])[:10]:
             report(f'| {l} | {name} | {calls / repeats:g} | {total / repeats / 1e3:.3f} | '
