@@ -246,8 +246,10 @@ def train(run: Run, config: Path, work_dir: Path, log,
     """Runs tools/train.py (resuming from ``resume_from`` if given),
     echoing its training progress; returns the seconds of training."""
     start = time.time()
-    cmd = [sys.executable, '-m', 'patchscale_mm.train', str(config),
-           '--work-dir', str(work_dir)]
+    # Through the lifeline, so a sweep killed by any signal cannot leave its
+    # run training beside the rerun that resumes it.
+    cmd = [sys.executable, '-m', 'patchscale_mm.utils.lifeline',
+           'patchscale_mm.train', str(config), '--work-dir', str(work_dir)]
     clock_path = work_dir / CLOCK_FILE
     clock = {}
     if resume_from:
@@ -260,7 +262,8 @@ def train(run: Run, config: Path, work_dir: Path, log,
     # Line-buffered: an interrupted sweep keeps its run's log to the end.
     with open(work_dir / 'train.log', 'a' if resume_from else 'w',
               buffering=1) as out:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         try:
             for line in proc.stdout:
@@ -279,6 +282,7 @@ def train(run: Run, config: Path, work_dir: Path, log,
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+            proc.stdin.close()
     if code:
         raise RuntimeError(f'{run.name} failed (exit {code}); see '
                            f'{work_dir / "train.log"}')

@@ -7,9 +7,11 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from processes import HAS_PROC, children, has_exited
 
 from patchscale_mm import sweep
 
@@ -151,9 +153,11 @@ def test_img_size_needs_a_users_folder(tmp_path):
     assert '--img-size applies to --data-root' in out.stderr
 
 
+@pytest.mark.skipif(not HAS_PROC, reason='finds the trainer in /proc')
 def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
-    """The sweep is killed (as by a lost session) mid-run; the same command
-    again continues that run from its checkpoint instead of step 1."""
+    """The sweep alone is killed (as by a lost session or ``kill -9``)
+    mid-run: its training process exits with it, and the same command again
+    continues that run from its checkpoint instead of step 1."""
     args = [sys.executable, 'tools/patch_scaling_sweep.py', '--work-dir',
             tmp_path / 'sweep', '--data-cache', tmp_path, '--tasks', 'cls',
             '--families', 'adventurer', '--cls-patches', 8, '--cls-steps', 400,
@@ -162,14 +166,27 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
     first = subprocess.Popen(list(map(str, args)), cwd=ROOT, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              start_new_session=True)
-    seen = []
-    for line in first.stdout:
-        seen.append(line)
-        if 'step 40/400' in line:  # checkpoints up to step 39 are on disk
+    seen, trainers = [], []
+    try:
+        for line in first.stdout:
+            seen.append(line)
+            if 'step 40/400' in line:  # checkpoints to step 39 are on disk
+                trainers = children(first.pid, 'patchscale_mm.train')
+                first.kill()  # the sweep only, not its process group
+                break
+        first.wait(timeout=60)
+        deadline = time.time() + 10
+        while not all(map(has_exited, trainers)) and time.time() < deadline:
+            time.sleep(0.05)
+        orphaned = [t for t in trainers if not has_exited(t)]
+    finally:
+        try:  # whatever is left of the group, the test's or not
             os.killpg(first.pid, signal.SIGKILL)
-            break
-    first.wait(timeout=60)
+        except ProcessLookupError:
+            pass
     assert first.returncode == -signal.SIGKILL, ''.join(seen)[-3000:]
+    assert len(trainers) == 1, trainers
+    assert not orphaned, 'the training process outlived the killed sweep'
     run_dir = tmp_path / 'sweep' / 'cls_adventurer_p8'
     assert not (tmp_path / 'sweep' / 'results.json').exists()
 
