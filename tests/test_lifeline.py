@@ -4,10 +4,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
-from processes import HAS_PROC, has_exited
+from processes import HAS_PROC, has_exited, still_running_after
 
 pytestmark = pytest.mark.skipif(not HAS_PROC,
                                 reason='reads process states from /proc')
@@ -38,13 +37,10 @@ def orphan_after_parent_killed(tmp_path, launcher) -> bool:
     assert not has_exited(child)
     parent.kill()
     parent.wait()
-    deadline = time.time() + 5
-    while not has_exited(child) and time.time() < deadline:
-        time.sleep(0.05)
-    orphaned = not has_exited(child)
-    if orphaned:
-        os.kill(child, signal.SIGKILL)
-    return orphaned
+    orphaned = still_running_after([child], 5)
+    for pid in orphaned:
+        os.kill(pid, signal.SIGKILL)
+    return bool(orphaned)
 
 
 def test_child_exits_with_its_killed_parent(tmp_path):

@@ -18,6 +18,7 @@ import torch
 from mmengine.config import Config
 from mmengine.logging import MessageHub, MMLogger
 from mmengine.runner.checkpoint import CheckpointLoader
+from processes import HAS_PROC, child_pids
 
 from patchscale_mm.datasets.fixtures import make_ade20k_fixture
 from patchscale_mm.engine import (CheckpointError, NonFiniteLossError,
@@ -500,18 +501,15 @@ def test_non_finite_weights_are_never_saved():
 def _rank_pids(launcher_pid):
     """RANK -> pid of the launcher's worker processes."""
     ranks = {}
-    for task in os.listdir(f'/proc/{launcher_pid}/task'):
-        with open(f'/proc/{launcher_pid}/task/{task}/children') as f:
-            for pid in map(int, f.read().split()):
-                with open(f'/proc/{pid}/environ', 'rb') as env:
-                    for item in env.read().split(b'\0'):
-                        if item.startswith(b'RANK='):
-                            ranks[int(item[5:])] = pid
+    for pid in child_pids(launcher_pid):
+        with open(f'/proc/{pid}/environ', 'rb') as env:
+            for item in env.read().split(b'\0'):
+                if item.startswith(b'RANK='):
+                    ranks[int(item[5:])] = pid
     return ranks
 
 
-@pytest.mark.skipif(not Path('/proc/self/task').exists(),
-                    reason='needs /proc')
+@pytest.mark.skipif(not HAS_PROC, reason='needs /proc')
 def test_killing_one_rank_ends_the_job(ade, tmp_path):
     env = dict(os.environ, PORT=str(30500 + os.getpid() % 1000))
     proc = subprocess.Popen(

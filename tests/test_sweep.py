@@ -7,11 +7,10 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from processes import HAS_PROC, children, has_exited
+from processes import HAS_PROC, children, still_running_after
 
 from patchscale_mm import sweep
 
@@ -175,10 +174,7 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
                 first.kill()  # the sweep only, not its process group
                 break
         first.wait(timeout=60)
-        deadline = time.time() + 10
-        while not all(map(has_exited, trainers)) and time.time() < deadline:
-            time.sleep(0.05)
-        orphaned = [t for t in trainers if not has_exited(t)]
+        orphaned = still_running_after(trainers, 10)
     finally:
         try:  # whatever is left of the group, the test's or not
             os.killpg(first.pid, signal.SIGKILL)
