@@ -12,6 +12,7 @@ its last checkpoint (saved every ``CHECKPOINT_EVERY`` steps).
 import csv
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -33,7 +34,9 @@ SAVING = re.compile(r'Saving checkpoint at (\d+) iterations')
 # interrupted; a checkpoint of the sweep's small models takes milliseconds.
 CHECKPOINT_EVERY = 200
 # Training seconds up to each saved checkpoint, so that a resumed run
-# reports the time its steps took, not the time of its last piece.
+# reports the time its steps took, not the time of its last piece:
+# {"origin": wall time at which the latest piece's clock reads 0,
+#  "checkpoints": {"<iteration>": seconds}}.
 CLOCK_FILE = 'train_seconds.json'
 # The config text a run was started with: a checkpoint resumes only the same
 # training, whatever its checkpoint and log intervals (the hooks line).
@@ -251,14 +254,18 @@ def train(run: Run, config: Path, work_dir: Path, log,
     cmd = [sys.executable, '-m', 'patchscale_mm.utils.lifeline',
            'patchscale_mm.train', str(config), '--work-dir', str(work_dir)]
     clock_path = work_dir / CLOCK_FILE
-    clock = {}
+    clock = {'checkpoints': {}}
     if resume_from:
         cmd += ['--resume', resume_from]
         if clock_path.is_file():
-            clock = json.loads(clock_path.read_text())
-        start -= clock.get(_checkpoint_iteration(resume_from), 0.0)
+            clock = read_clock(clock_path)
+        before = seconds_before(clock, resume_from)
+        clock['checkpoints'][_checkpoint_iteration(resume_from)] = before
+        start -= before
         log(f'    {run.name}: resuming from {Path(resume_from).name} '
-            f'({time.time() - start:.0f}s of training before)')
+            f'({before:.0f}s of training before)')
+    clock['origin'] = start
+    _write_atomically(clock_path, json.dumps(clock))
     # Line-buffered: an interrupted sweep keeps its run's log to the end.
     with open(work_dir / 'train.log', 'a' if resume_from else 'w',
               buffering=1) as out:
@@ -270,7 +277,8 @@ def train(run: Run, config: Path, work_dir: Path, log,
                 out.write(line)
                 saving = SAVING.search(line)
                 if saving:
-                    clock[saving.group(1)] = round(time.time() - start, 1)
+                    clock['checkpoints'][saving.group(1)] = round(
+                        time.time() - start, 1)
                     _write_atomically(clock_path, json.dumps(clock))
                 progress = PROGRESS.search(line)
                 if progress:
@@ -287,6 +295,28 @@ def train(run: Run, config: Path, work_dir: Path, log,
         raise RuntimeError(f'{run.name} failed (exit {code}); see '
                            f'{work_dir / "train.log"}')
     return time.time() - start
+
+
+def read_clock(path: Path) -> dict:
+    clock = json.loads(path.read_text())
+    # Before the origin was kept, the file held the checkpoints' map alone.
+    return clock if 'checkpoints' in clock else {'checkpoints': clock}
+
+
+def seconds_before(clock: dict, checkpoint: str) -> float:
+    """Seconds of training up to ``checkpoint``.
+
+    The sweep times a checkpoint when the trainer announces it. A sweep
+    killed after the announcement but before reading it leaves the trainer a
+    moment (until its lifeline fires) to finish the file untimed; such a file
+    is the latest piece's (each resume times its own starting point), so its
+    time is its modification time on that piece's clock."""
+    timed = clock['checkpoints'].get(_checkpoint_iteration(checkpoint))
+    if timed is not None:
+        return timed
+    if 'origin' not in clock:
+        return 0.0
+    return max(0.0, os.path.getmtime(checkpoint) - clock['origin'])
 
 
 def load_results(path: Path) -> List[dict]:

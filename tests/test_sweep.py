@@ -132,6 +132,21 @@ def write_class_folders(root: Path) -> Path:
     return root
 
 
+def test_a_checkpoint_the_sweep_did_not_see_saved_is_timed_by_its_file(tmp_path):
+    checkpoint = tmp_path / 'iter_42.pth'
+    checkpoint.write_bytes(b'')
+    os.utime(checkpoint, (1_000_050.0, 1_000_050.0))
+    clock = {'origin': 1_000_000.0, 'checkpoints': {'39': 37.5}}
+    assert sweep.seconds_before(clock, str(tmp_path / 'iter_39.pth')) == 37.5
+    # Saved 50 s after the piece's clock read 0.
+    assert sweep.seconds_before(clock, str(checkpoint)) == pytest.approx(50.0)
+    # A clock written before the origin was kept: the old map, no origin.
+    (tmp_path / sweep.CLOCK_FILE).write_text(json.dumps({'39': 37.5}))
+    old = sweep.read_clock(tmp_path / sweep.CLOCK_FILE)
+    assert old == {'checkpoints': {'39': 37.5}}
+    assert sweep.seconds_before(old, str(checkpoint)) == 0.0
+
+
 def test_sweep_on_a_users_folder_of_any_image_size(tmp_path):
     data = write_class_folders(tmp_path / 'digits')
     out = sweep_cli('--work-dir', tmp_path / 'sweep', '--data-cache',
@@ -204,7 +219,7 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
     assert steps and min(steps) > start and max(steps) == 400
     record, = json.loads((tmp_path / 'sweep' / 'results.json').read_text())
     assert record['steps'] == 400 and 0 < record['test_loss'] < 10
-    clock = json.loads((run_dir / sweep.CLOCK_FILE).read_text())
+    clock = sweep.read_clock(run_dir / sweep.CLOCK_FILE)['checkpoints']
     assert record['seconds'] >= clock[str(start)] > 0
     saved_after = [int(k) for k in clock if int(k) > start]
     assert saved_after and all(k % 5 == 0 for k in saved_after)

@@ -75,8 +75,12 @@ def probe(args, name, patch, with_cp):
     t = time.perf_counter()
     train_step(model, img, args.bf16)
     t = time.perf_counter() - t
-    print(json.dumps(dict(time=t, growth=(_status_kib('VmHWM:') - base) / 1024,
-                          peak=_status_kib('VmHWM:') / 1024, load=os.getloadavg()[0])))
+    peak = _status_kib('VmHWM:')
+    # The kernel's RSS counters lag by a few pages per thread, so a step that
+    # allocates (almost) nothing can read as a slightly negative growth.
+    growth = max(0, peak - base)
+    print(json.dumps(dict(time=t, growth=growth / 1024, peak=peak / 1024,
+                          load=os.getloadavg()[0])))
 
 
 def run(args, name, patch, with_cp):
