@@ -47,6 +47,11 @@ def scan_extensions():
         return [], {}
     csrc = Path('patchscale_mm', 'ops', 'csrc')
     cxx = ['-O3', '-g0', '-ffp-contract=fast', '-Wno-psabi']
+    # at::parallel_for is inline: without OpenMP in the extension itself it
+    # runs every loop on one thread. torch's Linux wheels bring libgomp, which
+    # the extension then shares (one OpenMP runtime, torch.set_num_threads
+    # applies).
+    openmp = ['-fopenmp'] if sys.platform.startswith('linux') else []
     exts = [
         CppExtension(
             'patchscale_mm.ops._C',
@@ -55,7 +60,8 @@ def scan_extensions():
             depends=[str(csrc / f) for f in ('ssd_cpu.h', 'ssd_cpu_kernel.h', 'ssd_inputs.h',
                                               'mixer_cpu.h', 'mixer_cpu_kernel.h',
                                               'mixer_cpu_ops.h')],
-            extra_compile_args=cxx)
+            extra_compile_args=cxx + openmp,
+            extra_link_args=openmp)
     ]
     force = os.environ.get('PATCHSCALE_FORCE_CUDA')
     want_cuda = force == '1' or (force != '0' and torch.cuda.is_available())

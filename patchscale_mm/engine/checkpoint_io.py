@@ -17,6 +17,7 @@
   unpickling would call anything but tensor and container constructors is
   rejected before a model is built.
 """
+import argparse
 import functools
 import glob
 import logging
@@ -40,6 +41,11 @@ TMP_SUFFIX = '.tmp'
 _LEGACY_MAGIC = (0x1950a86a20f9469cfc6c).to_bytes(10, 'little')
 _FORCE_WEIGHTS_ONLY = 'TORCH_FORCE_WEIGHTS_ONLY_LOAD'
 _FORCE_NO_WEIGHTS_ONLY = 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'
+# Classes that hold data only, accepted beside tensors and containers: the
+# training script of the Adventurer authors saves its argparse.Namespace
+# under 'args' in every checkpoint.
+DATA_ONLY_CLASSES = (argparse.Namespace, )
+_DATA_ONLY_NAMES = {f'{c.__module__}.{c.__qualname__}' for c in DATA_ONLY_CLASSES}
 
 
 class CheckpointError(ValueError):
@@ -142,6 +148,7 @@ def check_checkpoint_file(path: str, what: str = 'checkpoint') -> None:
     except (ValueError, RuntimeError, KeyError, zipfile.BadZipFile) as e:
         raise CheckpointError(f'{what} {path} is not a torch.save archive '
                               f'({e})') from None
+    unsafe = set(unsafe) - _DATA_ONLY_NAMES
     if unsafe:
         raise UnsafeCheckpointError(_refusal(path, sorted(unsafe), what))
 
@@ -212,6 +219,12 @@ def forced_weights_only() -> Iterator[None]:
                 os.environ[key] = value
 
 
+def data_only_classes_allowed():
+    """A context in which weights-only ``torch.load`` also accepts
+    :data:`DATA_ONLY_CLASSES`."""
+    return torch.serialization.safe_globals(list(DATA_ONLY_CLASSES))
+
+
 def _unsafe_names(error: Exception) -> List[str]:
     names = re.findall(r'GLOBAL ([\w.]+)', str(error))
     return sorted(set(names)) or [str(error).strip().splitlines()[-1]]
@@ -225,7 +238,7 @@ def weights_only_loader(loader):
 
     @functools.wraps(loader)
     def load(filename, *args, **kwargs):
-        with forced_weights_only():
+        with forced_weights_only(), data_only_classes_allowed():
             try:
                 return loader(filename, *args, **kwargs)
             except pickle.UnpicklingError as e:

@@ -35,7 +35,8 @@ import torch
 from patchscale_mm.engine.checkpoint_io import (CheckpointError,
                                                 UnsafeCheckpointError,
                                                 atomic_write,
-                                                check_checkpoint_file)
+                                                check_checkpoint_file,
+                                                data_only_classes_allowed)
 from .backbones import Adventurer, PatchViT
 from .backbones.checkpoint_filter import (adapt_patch_embed, adapt_pos_embed,
                                           checkpoint_pos_grid)
@@ -123,28 +124,22 @@ _LAYER_SCALE = (
     (r'blocks\.(\d+)\.(?:ls2\.gamma|gamma_2)', r'blocks.\1.mlp.fc2'),
 )
 
-# The Adventurer authors' naming (mamba_ssm-style blocks); the table and its
-# provenance are in tools/model_converters/adventurer_to_patchscale.py.
+# The Adventurer authors' naming (wangf3014/Adventurer and Patch_Scaling,
+# ``models_mamba.py``): blocks ``norm -> mixer``, ``norm_mlp -> mlp`` with a
+# SwiGLU ``w3(silu(w1 x) * w2 x)``, the mixer with mamba_ssm ``Mamba2``'s
+# names; the same math and order as ours, so every tensor is copied as is.
 ADVENTURER_RULES = _rules(
     (r'patch_embed\.proj\.(weight|bias)',
      r'backbone.patch_embed.projection.\1'),
     (r'cls_token', 'backbone.cls_token'),
     (r'pos_embed', 'backbone.pos_embed'),
-    (r'layers\.(\d+)\.norm1?\.weight', r'backbone.layers.\1.norm1.weight'),
+    (r'layers\.(\d+)\.norm\.weight', r'backbone.layers.\1.norm1.weight'),
     (r'layers\.(\d+)\.mixer\.(in_proj\.weight|conv1d\.weight|conv1d\.bias|'
      r'dt_bias|A_log|D|norm\.weight|out_proj\.weight)',
      r'backbone.layers.\1.mixer.\2'),
-    (r'layers\.(\d+)\.norm2\.weight', r'backbone.layers.\1.norm2.weight'),
-    # mamba_ssm GatedMLP: fc1 = [value; gate], out = fc2(value * silu(gate));
-    # ours is w3(silu(w1 x) * w2 x), so value -> w2 and gate -> w1.
-    (r'layers\.(\d+)\.mlp\.fc1\.(weight|bias)',
-     (r'backbone.layers.\1.mlp.w2.\2', r'backbone.layers.\1.mlp.w1.\2')),
-    (r'layers\.(\d+)\.mlp\.fc1_g\.(weight|bias)',
-     r'backbone.layers.\1.mlp.w1.\2'),
-    (r'layers\.(\d+)\.mlp\.fc1_x\.(weight|bias)',
-     r'backbone.layers.\1.mlp.w2.\2'),
-    (r'layers\.(\d+)\.mlp\.fc2\.(weight|bias)',
-     r'backbone.layers.\1.mlp.w3.\2'),
+    (r'layers\.(\d+)\.norm_mlp\.weight', r'backbone.layers.\1.norm2.weight'),
+    (r'layers\.(\d+)\.mlp\.(w[123])\.(weight|bias)',
+     r'backbone.layers.\1.mlp.\2.\3'),
     (r'norm_f\.weight', 'backbone.norm.weight'),
     (r'head\.(weight|bias)', r'head.fc.\1'),
 )
@@ -219,7 +214,8 @@ def load_source_state_dict(path: str,
     """
     check_checkpoint_file(path, 'source checkpoint')
     try:
-        obj = torch.load(path, map_location='cpu', weights_only=True)
+        with data_only_classes_allowed():
+            obj = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
         last = str(e).strip().splitlines()[0]
         raise UnsafeCheckpointError(

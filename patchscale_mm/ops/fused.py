@@ -20,6 +20,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from .dtypes import compute_dtype
 from .ssd import _resolve_backend
 from .ssd_kernel import load_kernels
 
@@ -59,10 +60,6 @@ def _spend(ctx):
     ctx.spent = True
 
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
 # ---------------------------------------------------------------------------
 # Mamba-2: causal conv + SiLU -> scan -> gated RMSNorm
 # ---------------------------------------------------------------------------
@@ -75,7 +72,7 @@ class _Mamba2ConvScanNorm(torch.autograd.Function):
         nheads = d_inner // headdim
         gn = ngroups * d_state
         z, xBC, dt = zxbcdt.split([d_inner, d_inner + 2 * gn, nheads], dim=-1)
-        ct = _compute_dtype(zxbcdt)
+        ct = compute_dtype(zxbcdt)
         scan_args = _scan_args(dt, A_log, D, dt_bias, nheads, headdim, ct)
         x, B, C = _ops().conv1d_silu_fwd(xBC, conv_weight.flatten(1), conv_bias,
                                         [d_inner, gn, gn], True)
@@ -104,7 +101,7 @@ class _Mamba2ConvScanNorm(torch.autograd.Function):
         z, xBC, dt = zxbcdt.split(splits, dim=-1)
         dzxbcdt = torch.empty_like(zxbcdt)  # every slice is written below
         dz, dxBC, ddt_out = dzxbcdt.split(splits, dim=-1)
-        ct = _compute_dtype(zxbcdt)
+        ct = compute_dtype(zxbcdt)
         dt_c, A, D_hp, dt_bias_c = _scan_args(dt, A_log, D, dt_bias, nheads, headdim, ct)
 
         _spend(ctx)

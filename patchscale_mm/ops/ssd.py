@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .dtypes import compute_dtype
+
 __all__ = ['ssd_scan', 'ssd_scan_ref', 'ssd_scan_chunked']
 
 ScanOutput = Union[Tensor, Tuple[Tensor, Tensor]]
@@ -40,15 +42,6 @@ BACKEND_ENV = 'PATCHSCALE_SCAN_BACKEND'
 # ---------------------------------------------------------------------------
 # Shared pre/post-processing
 # ---------------------------------------------------------------------------
-def _compute_dtype(*tensors: Tensor) -> torch.dtype:
-    # fp16/bf16 accumulate badly over long sequences, so never go below fp32;
-    # fp64 inputs stay fp64 so tests can use tight tolerances.
-    dtype = torch.float32
-    for t in tensors:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
-
-
 def _process_dt(dt: Tensor, dtype: torch.dtype, dt_bias: Optional[Tensor],
                 dt_softplus: bool, dt_limit: Sequence[float]) -> Tensor:
     """Applies bias, softplus and clamp to ``dt`` in the same order as mamba_ssm."""
@@ -117,7 +110,7 @@ def ssd_scan_ref(x: Tensor,
         the tuple ``(y, final_states)`` where ``final_states`` is
         ``(b, h, p, n)`` in the compute dtype (fp32, or fp64 for fp64 inputs).
     """
-    dtype = _compute_dtype(x, dt, A, B, C)
+    dtype = compute_dtype(x, dt, A, B, C)
     b, l, h, p = x.shape
     g, n = B.shape[-2:]
     dt = _process_dt(dt, dtype, dt_bias, dt_softplus, dt_limit)  # (b, l, h)
@@ -174,7 +167,7 @@ def ssd_scan_chunked(x: Tensor,
     Returns:
         Same as :func:`ssd_scan_ref`.
     """
-    dtype = _compute_dtype(x, dt, A, B, C)
+    dtype = compute_dtype(x, dt, A, B, C)
     b, l, h, p = x.shape
     g, n = B.shape[-2:]
     r = h // g  # heads per group

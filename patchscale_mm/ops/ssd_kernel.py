@@ -17,6 +17,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from .dtypes import compute_dtype
+
 __all__ = ['load_kernels', 'ssd_scan_kernel', 'SSDScanFn']
 
 
@@ -74,10 +76,7 @@ class SSDScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus,
                 dt_limit, return_final_states, chunk_size):
-        # fp16/bf16 accumulate in fp32; fp64 stays fp64 (gradcheck).
-        dtype = torch.float32
-        for t in (x, dt, A, B, C):
-            dtype = torch.promote_types(dtype, t.dtype)
+        dtype = compute_dtype(x, dt, A, B, C)
         args = _prepare(x, dt, A, B, C, D, z, dt_bias, initial_states, dtype)
         out, final, states = torch.ops.patchscale_mm.ssd_fwd(
             *args, bool(dt_softplus), float(dt_limit[0]), float(dt_limit[1]),

@@ -31,6 +31,7 @@ earlier runs does not hide it); the inputs are allocated before the baseline.
 import argparse
 import gc
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -88,6 +89,16 @@ def probe_memory(args, kind, name, l):
         return float(res.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
         return None
+
+
+def cpu_model():
+    """The processor's name (timings differ 2-3x between CPU models)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
+    except OSError:
+        names = []
+    return names[0] if names else (platform.processor() or 'unknown CPU')
 
 
 def matmul_peak_gflops(size=1024, repeats=10):
@@ -323,8 +334,9 @@ def main(argv=None):
         sys.exit(f'benchmark_scan: the C++ kernel is not available: {reason}')
     from patchscale_mm.ops import _C
     peak = matmul_peak_gflops()
-    print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, kernel ISA '
-          f'{_C.cpu_isa()}, fp32 matmul {peak:.0f} GFLOP/s')
+    print(f'{cpu_model()}; torch {torch.__version__}, {torch.get_num_threads()} threads '
+          f'(kernel threaded: {_C.intra_op_parallel()}), kernel ISA {_C.cpu_isa()}, '
+          f'fp32 matmul {peak:.0f} GFLOP/s')
     bench_scan(args, peak)
     if not args.no_mixer:
         bench_mixer(args)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from patchscale_mm.ops import ssd_scan
+from patchscale_mm.ops import compute_dtype, ssd_scan
 from patchscale_mm.ops.fused import fused_cpu_available, mamba2_conv_scan_norm
 
 
@@ -31,7 +31,8 @@ class GatedRMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        x = x.float() * F.silu(z.float())
+        ct = compute_dtype(x, z)
+        x = x.to(ct) * F.silu(z.to(ct))
         groups = x.unflatten(-1, (-1, self.group_size))
         groups = groups * torch.rsqrt(
             groups.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -150,7 +151,7 @@ class Mamba2Mixer(nn.Module):
         y = ssd_scan(
             x.unflatten(-1, (self.nheads, self.headdim)),  # (B, L, h, p)
             dt,  # (B, L, h)
-            -torch.exp(self.A_log.float()),  # (h,)
+            -torch.exp(self.A_log.to(compute_dtype(x, self.A_log))),  # (h,)
             Bmat.unflatten(-1, (self.ngroups, self.d_state)),  # (B, L, g, n)
             Cmat.unflatten(-1, (self.ngroups, self.d_state)),
             D=self.D,

@@ -76,13 +76,13 @@ void run(const SSDParams &P, bool is_double, bool backward, int64_t thread_strid
                                : (is_double ? ks.fwd_f64 : ks.fwd_f32);
   const int64_t elem = is_double ? sizeof(double) : sizeof(float);
   // One (batch, head) per task: each runs the whole sequence with its state
-  // in cache. at::parallel_for uses torch's own thread pool, so no second
-  // OpenMP runtime competes with it.
+  // in cache. at::parallel_for runs on torch's OpenMP threads (setup.py
+  // compiles with -fopenmp; the process loads torch's libgomp only).
   at::parallel_for(0, P.batch * P.nheads, 1, [&](int64_t begin, int64_t end) {
-    const int64_t tid = at::get_thread_num();
-    TORCH_CHECK(tid < nthreads, kOp, ": unexpected thread ", tid);
     SSDParams Pt = P;
     if (backward) {
+      const int64_t tid = at::get_thread_num();
+      TORCH_CHECK(tid < nthreads, kOp, ": unexpected thread ", tid);
       Pt.dB = static_cast<char *>(P.dB) + tid * thread_stride * elem;
       Pt.dC = static_cast<char *>(P.dC) + tid * thread_stride * elem;
     }
@@ -263,4 +263,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "cpu_isa", [] { return std::string(patchscale_ssd::kernels().name); },
       "Instruction set of the CPU kernels in use: avx512, avx2 or generic.");
+  m.def(
+      "intra_op_parallel",
+      [] {
+#ifdef INTRA_OP_PARALLEL
+        return true;
+#else
+        return false;
+#endif
+      },
+      "Whether at::parallel_for splits the kernels' work over torch's threads "
+      "(built with OpenMP); false means one thread whatever torch.get_num_threads() says.");
 }
