@@ -8,6 +8,7 @@ scope. ``locations`` makes the scope import its modules on first lookup.
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import METRICS as MMENGINE_METRICS
 from mmengine.registry import MODELS as MMENGINE_MODELS
+from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
 from mmengine.registry import Registry
 
 MODELS = Registry(
@@ -27,3 +28,9 @@ METRICS = Registry(
     parent=MMENGINE_METRICS,
     scope='patchscale_mm',
     locations=['patchscale_mm.evaluation'])
+
+TRANSFORMS = Registry(
+    'transform',
+    parent=MMENGINE_TRANSFORMS,
+    scope='patchscale_mm',
+    locations=['patchscale_mm.datasets.transforms'])

@@ -7,6 +7,7 @@ One entry point for the three tasks: the config's ``default_scope``
     python tools/train.py configs/seg/adv_b_p2_linear_ade20k.py
     tools/dist_train.sh configs/seg/adv_b_p2_linear_ade20k.py 8
 """
+import os
 import os.path as osp
 from typing import Optional, Sequence
 
@@ -34,6 +35,11 @@ def build_parser():
         help='scale the lr by the actual batch size over the config\'s '
         'auto_scale_lr.base_batch_size')
     parser.add_argument(
+        '--preflight-only',
+        action='store_true',
+        help='run the pre-flight checks and exit (tools/dist_train.sh runs '
+        'them once before starting its processes)')
+    parser.add_argument(
         '--skip-memory-check',
         action='store_true',
         help='train even where the estimated peak memory exceeds the '
@@ -53,6 +59,8 @@ def main(argv: Optional[Sequence[str]] = None):
                              'AmpOptimWrapper); drop it to train in fp32')
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    else:
+        amp_to_fp32_without_cuda(cfg)
     if args.auto_scale_lr:
         if 'auto_scale_lr' not in cfg or 'base_batch_size' not in \
                 cfg.auto_scale_lr:
@@ -64,11 +72,29 @@ def main(argv: Optional[Sequence[str]] = None):
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
     preflight(cfg, args)
+    if args.preflight_only:
+        return
 
     try:
         run(cfg, 'train')
     except NonFiniteLossError as e:
         raise SystemExit(f'error: {e}') from None
+
+
+def amp_to_fp32_without_cuda(cfg) -> None:
+    """The recipes train in bf16 mixed precision (MMEngine's
+    AmpOptimWrapper, which needs CUDA); without a GPU the same config
+    trains in float32."""
+    import torch
+    wrapper = cfg.get('optim_wrapper') or {}
+    if wrapper.get('type') != 'AmpOptimWrapper' or torch.cuda.is_available():
+        return
+    wrapper.type = 'OptimWrapper'
+    for key in ('dtype', 'loss_scale', 'use_fsdp'):
+        wrapper.pop(key, None)
+    if int(os.environ.get('RANK', 0)) == 0:
+        print('no CUDA device: training in float32 (the config\'s '
+              'AmpOptimWrapper needs CUDA)', flush=True)
 
 
 def resume_checkpoint(work_dir: str):
@@ -88,7 +114,9 @@ def preflight(cfg, args):
     if not args.skip_memory_check:
         problems += filter(None, [memory_problem(cfg)])
     if problems:
-        raise SystemExit(format_problems(problems, args.config))
+        # Every rank finds the same problems; one of them says so.
+        first = int(os.environ.get('RANK', 0)) == 0
+        raise SystemExit(format_problems(problems, args.config) if first else 2)
 
 
 if __name__ == '__main__':

@@ -114,11 +114,23 @@ def test_bad_inputs_raise_clear_errors():
 
 def test_flip_rules():
     paper = [i for i in range(12) if is_flipped(i, 'paper')]
-    released = [i for i in range(12) if is_flipped(i, 'released')]
+    # The authors' models_mamba.py: layer(x, flip=(n // 2 == 1)).
+    released = [n for n in range(12) if n // 2 == 1]
+    assert [i for i in range(12) if is_flipped(i, 'released')] == released == [2, 3]
     assert paper == [2, 3, 6, 7, 10, 11]
-    assert released == [2, 3]
-    model = build('adventurer', img_size=16, patch_size=4, flip_rule='paper')
-    assert [layer.flip for layer in model.layers] == [False, False, True, True]
+    # Eight layers: the rules differ in layers 6 and 7, and so do the features.
+    arch = dict(embed_dims=32, num_layers=8, mlp_dims=48)
+    x = torch.randn(1, 3, 16, 16)
+    features = {}
+    for rule in ('released', 'paper'):
+        torch.manual_seed(0)
+        model = Adventurer(arch=arch, mixer_cfg=TINY_MIXER, img_size=16,
+                           patch_size=4, flip_rule=rule).eval()
+        assert [i for i, layer in enumerate(model.layers) if layer.flip] == \
+            [i for i in range(8) if i in (released if rule == 'released' else paper)]
+        with torch.no_grad():
+            features[rule] = model(x)[-1]
+    assert (features['released'] - features['paper']).abs().max() > 1e-3
 
 
 def test_drop_path_grows_linearly():
@@ -127,6 +139,20 @@ def test_drop_path_grows_linearly():
         drop_path_rate=0.3)
     rates = [layer.drop_path.drop_prob for layer in model.layers]
     assert rates == pytest.approx([0.0, 0.1, 0.2, 0.3])
+
+
+@pytest.mark.parametrize('depth', [4, 12, 24])
+def test_drop_path_released_schedule(depth):
+    # The authors' models_mamba.py: dpr = [0.0] + [x.item() for x in
+    # torch.linspace(0, drop_path_rate, depth)], layer i takes dpr[i].
+    dpr = [0.0] + [x.item() for x in torch.linspace(0, 0.4, depth)]
+    arch = dict(TINY_ADV, num_layers=depth)
+    model = Adventurer(arch=arch, mixer_cfg=TINY_MIXER, img_size=16, patch_size=4,
+                       drop_path_rate=0.4, drop_path_schedule='released')
+    rates = [layer.drop_path.drop_prob for layer in model.layers]
+    assert rates == pytest.approx(dpr[:depth])
+    with pytest.raises(ValueError, match='unknown drop_path_schedule'):
+        Adventurer(arch=arch, img_size=16, patch_size=4, drop_path_schedule='cosine')
 
 
 def test_layer_depth_for_lr_decay():

@@ -20,15 +20,16 @@ from patchscale_mm.datasets.fixtures import make_ade20k_fixture
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 900
 
-# What a user writes: a new variant of the headline recipe.
-VARIANT = """\
-_base_ = 'patchscale_mm::seg/adv_b_p2_linear_ade20k.py'
-# Adventurer-S with 4x4 patches on the paper's ADE20k linear-head recipe.
-model = dict(
-    backbone=dict(arch='s', patch_size=4, init_cfg=dict(
-        checkpoint='work_dirs/adv_s_p4_in1k_224_finetune/epoch_20.pth')),
-    decode_head=dict(in_channels=384))
-"""
+
+def readme_variant() -> str:
+    """What a user writes: the README's variant of the headline recipe, the
+    first python block of its "Your own variant" section, as printed."""
+    readme = (ROOT / 'README.md').read_text()
+    section = readme[readme.index('## Your own variant'):]
+    return re.search(r'```python\n(.*?)```', section, re.S)[1]
+
+
+VARIANT = readme_variant()
 
 # The variant shrunk for a CPU smoke run: tests/configs/seg_tiny.py (a tiny
 # backbone, 64x64 scenes, 6 iterations) on top of the variant instead of the
@@ -60,6 +61,19 @@ def scopes(node):
     elif isinstance(node, (list, tuple)):
         for value in node:
             yield from scopes(value)
+
+
+def test_readme_variant_passes_the_preflight_check_as_written(tmp_path):
+    """Every check but the data and the pretrained checkpoint, which are
+    not on this machine."""
+    from patchscale_mm.cli import load_config
+    from patchscale_mm.utils.preflight import config_problems
+    (tmp_path / 'adv_s_p4_linear_ade20k.py').write_text(VARIANT)
+    cfg = load_config(str(tmp_path / 'adv_s_p4_linear_ade20k.py'))
+    assert cfg.model.backbone.arch == 's' and cfg.model.decode_head.in_channels == 512
+    problems = [p for p in config_problems(cfg, 'train')
+                if 'does not exist' not in p]
+    assert problems == []
 
 
 def test_variant_resolves_from_the_checkout(tmp_path):

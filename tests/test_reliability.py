@@ -352,6 +352,16 @@ def test_preflight_checks_detection_necks_and_padding(ade):
                'width 32' in p for p in found)
 
 
+def test_preflight_checks_the_upernet_pyramid_against_the_patch(ade):
+    config = 'configs/seg/adv_b_p8_upernet_ade20k.py'
+    assert not [p for p in problems(config, ade) if 'does not exist' not in p]
+    found = problems(config, ade, {'model.backbone.patch_size': 4})
+    found = [p for p in found if 'does not exist' not in p]
+    assert found == ["model.neck.scales=[2.0, 1.0, 0.5, 0.25] do not turn the backbone's "
+                     'stride-4 maps (its patch size) into strides 4, 8, 16, 32; set them '
+                     'to [1.0, 0.5, 0.25, 0.125]'], found
+
+
 @pytest.mark.parametrize('config', [
     'configs/cls/deit_b_p4_in1k_128.py', 'configs/cls/adv_l_p8_in1k_224_finetune.py',
     'configs/seg/adv_b_p2_upernet_ade20k.py',
@@ -385,7 +395,11 @@ def test_train_stops_before_building_on_a_bad_config(ade, tmp_path):
 
 
 def test_memory_guard_estimate_and_fixes(ade):
+    # The headline config ships with activation checkpointing; without it,
+    # its batch of two does not fit 40 GiB.
     cfg = Config.fromfile('configs/seg/adv_b_p2_linear_ade20k.py')
+    assert cfg.model.backbone.with_cp
+    cfg.merge_from_dict({'model.backbone.with_cp': False})
     message = memory_problem(cfg, available=40 * 2**30, where='test GPU')
     assert message.startswith('estimated peak training memory ')
     assert 'exceeds the 40.0 GiB test GPU' in message
@@ -493,6 +507,18 @@ def test_non_finite_weights_are_never_saved():
     with pytest.raises(NonFiniteLossError,
                        match='refusing to save a checkpoint at iteration 6'):
         NonFiniteLossHook().before_save_checkpoint(runner, checkpoint)
+
+
+def test_dist_train_reports_preflight_problems_once(ade, tmp_path):
+    """One report for a run of two processes, and no processes started."""
+    env = dict(os.environ, PORT=str(31500 + os.getpid() % 1000))
+    log = run(['bash', 'tools/dist_train.sh', SEG, '2', '--work-dir',
+               str(tmp_path / 'work'), '--cfg-options', *data_options(ade),
+               'model.decode_head.in_channels=64'], expect_ok=False, env=env)
+    assert log.count(f'pre-flight check of {SEG} failed:') == 1, log[-3000:]
+    assert 'model.decode_head.in_channels=64 does not match' in log
+    assert 'torch.distributed' not in log and 'ChildFailedError' not in log
+    assert not (tmp_path / 'work').exists()
 
 
 # ---------------------------------------------------------------------------

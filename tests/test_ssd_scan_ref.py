@@ -201,7 +201,7 @@ def test_mamba_ssm_kwargs_are_passed_through(monkeypatch):
         return x
 
     monkeypatch.setattr(ssd_mod, '_load_mamba_ssm', lambda: (fake, None))
-    monkeypatch.setattr(ssd_mod, '_resolve_backend', lambda backend, x: 'mamba_ssm')
+    monkeypatch.setattr(ssd_mod, 'resolve_backend', lambda backend, x, inputs: 'mamba_ssm')
     inp = make_inputs(l=3)
     assert ssd_scan(**inp, dt_softplus=True, chunk_size=8) is inp['x']
     assert seen['chunk_size'] == 8 and seen['dt_softplus'] and seen['D'] is inp['D']
@@ -220,15 +220,41 @@ def test_auto_prefers_mamba_ssm_on_cuda_then_our_kernel_then_torch(monkeypatch):
     monkeypatch.setattr(importlib.import_module('patchscale_mm.ops.ssd_kernel'),
                         'load_kernels', lambda device_type: built[device_type])
     monkeypatch.setattr(ssd_mod, '_load_mamba_ssm', lambda: (object(), None))
-    assert ssd_mod._resolve_backend(None, on_cuda) == 'mamba_ssm'
-    assert ssd_mod._resolve_backend(None, fp64_on_cuda) == 'cuda'  # TF32 is not fp64
-    assert ssd_mod._resolve_backend('auto', on_cpu) == 'cpp'
-    assert ssd_mod._resolve_backend('cuda', on_cuda) == 'cuda'
+    assert ssd_mod.resolve_backend(None, on_cuda) == 'mamba_ssm'
+    assert ssd_mod.resolve_backend(None, fp64_on_cuda) == 'cuda'  # TF32 is not fp64
+    assert ssd_mod.resolve_backend('auto', on_cpu) == 'cpp'
+    assert ssd_mod.resolve_backend('cuda', on_cuda) == 'cuda'
     monkeypatch.setattr(ssd_mod, '_load_mamba_ssm', lambda: (None, 'ImportError'))
-    assert ssd_mod._resolve_backend(None, on_cuda) == 'cuda'
+    assert ssd_mod.resolve_backend(None, on_cuda) == 'cuda'
     built['cuda'] = (False, 'no CUDA kernel in this test build')
     with pytest.warns(UserWarning, match='no CUDA kernel in this test build'):
-        assert ssd_mod._resolve_backend(None, on_cuda) == 'torch'
+        assert ssd_mod.resolve_backend(None, on_cuda) == 'torch'
+
+
+def test_auto_keeps_inputs_past_32_bit_offsets_off_mamba_ssm(monkeypatch):
+    """mamba-ssm's SSD kernels address elements with 32-bit offsets
+    (state-spaces/mamba#1015). Adventurer-B/1 at 224 px: dt is a view of the
+    fused projection, 50,178 tokens x 3,224 channels per image, so batch 14
+    passes 2**31 elements; batch 13 does not."""
+    monkeypatch.setattr(importlib.import_module('patchscale_mm.ops.ssd_kernel'),
+                        'load_kernels', lambda device_type: (True, None))
+    monkeypatch.setattr(ssd_mod, '_load_mamba_ssm', lambda: (object(), None))
+    on_cuda = types.SimpleNamespace(device=torch.device('cuda'), is_cuda=True,
+                                    dtype=torch.float32)
+    L, width, heads = 50178, 3224, 24
+
+    def dt_view(batch):  # (b, L, h) inside the (b, L, 3224) projection
+        return torch.empty_strided((batch, L, heads), (L * width, width, 1), device='meta')
+
+    assert ssd_mod.int32_offset_overflow(None, dt_view(13)) is None
+    reason = ssd_mod.int32_offset_overflow(None, dt_view(14))
+    assert reason.startswith('dt spans 2,264,834,208 elements (batch 14 x stride 161,773,872)')
+    assert ssd_mod.resolve_backend(None, on_cuda, (None, dt_view(13))) == 'mamba_ssm'
+    with pytest.warns(UserWarning, match="not mamba_ssm's: dt spans"):
+        assert ssd_mod.resolve_backend(None, on_cuda, (None, dt_view(14))) == 'cuda'
+    # A contiguous x of 2**31 elements: batch x tokens x heads x headdim.
+    x = torch.empty((1, 2**31 // 64, 1, 64), device='meta')
+    assert ssd_mod.int32_offset_overflow(x).startswith('x spans 2,147,483,648')
 
 
 @pytest.mark.parametrize('name,bad', [

@@ -11,5 +11,22 @@ model = dict(
         arch='b',
         img_size=128,
         patch_size=2,
-        drop_path_rate=0.1),
+        drop_path_rate=0.1,
+        # Activation checkpointing: fits an 80 GB GPU.
+        with_cp=True),
     head=dict(in_channels=768))
+# Evaluated at crop ratio 1.0 (short edge to 128, centre crop), as the
+# authors evaluate patches below 16.
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(
+        type='ResizeEdge',
+        scale=128,
+        edge='short',
+        backend='pillow',
+        interpolation='bicubic'),
+    dict(type='CenterCrop', crop_size=128),
+    dict(type='PackInputs'),
+]
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+test_dataloader = val_dataloader

@@ -11,5 +11,7 @@ model = dict(
         arch='h',
         img_size=64,
         patch_size=2,
-        drop_path_rate=0.2),
+        drop_path_rate=0.2,
+        # Activation checkpointing: fits an 80 GB GPU.
+        with_cp=True),
     head=dict(in_channels=1280))

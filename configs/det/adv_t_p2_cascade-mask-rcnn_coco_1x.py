@@ -11,6 +11,8 @@ model = dict(
         arch='t',
         img_size=224,
         patch_size=2,
+        # Activation checkpointing: fits an 80 GB GPU at its batch.
+        with_cp=True,
         # Classification stage 3: configs/cls/adv_t_p2_in1k_224_finetune.py
         # (position grid interpolated to the input).
         init_cfg=dict(

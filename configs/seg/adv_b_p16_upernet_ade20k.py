@@ -17,7 +17,8 @@ model = dict(
             prefix='backbone.')),
     neck=dict(
         in_channels=[768, 768, 768, 768],
-        out_channels=768,
+        out_channels=320,
         scales=[4.0, 2.0, 1.0, 0.5]),
-    decode_head=dict(in_channels=[768, 768, 768, 768]),
-    auxiliary_head=dict(in_channels=768))
+    decode_head=dict(
+        in_channels=[320, 320, 320, 320], channels=256),
+    auxiliary_head=dict(in_channels=320))

@@ -9,6 +9,8 @@ model = dict(
     backbone=dict(
         arch='b',
         patch_size=2,
+        # Activation checkpointing: fits an 80 GB GPU at its batch.
+        with_cp=True,
         # Classification stage 3: configs/cls/adv_b_p2_in1k_224_finetune.py
         # (position grid interpolated to the input).
         init_cfg=dict(
@@ -17,7 +19,8 @@ model = dict(
             prefix='backbone.')),
     neck=dict(
         in_channels=[768, 768, 768, 768],
-        out_channels=768,
+        out_channels=320,
         scales=[0.5, 0.25, 0.125, 0.0625]),
-    decode_head=dict(in_channels=[768, 768, 768, 768]),
-    auxiliary_head=dict(in_channels=768))
+    decode_head=dict(
+        in_channels=[320, 320, 320, 320], channels=256),
+    auxiliary_head=dict(in_channels=320))

@@ -19,5 +19,6 @@ model = dict(
         in_channels=[256, 256, 256, 256],
         out_channels=256,
         scales=[4.0, 2.0, 1.0, 0.5]),
-    decode_head=dict(in_channels=[256, 256, 256, 256]),
+    decode_head=dict(
+        in_channels=[256, 256, 256, 256], channels=128),
     auxiliary_head=dict(in_channels=256))

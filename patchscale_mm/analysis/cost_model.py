@@ -518,6 +518,59 @@ def activation_bytes(family: str,
             family, arch, img_size, patch_size, scan, mixer_cfg, in_channels))
 
 
+# fp32 weights, gradients and AdamW's two moments.
+STATE_BYTES_PER_PARAM = 16
+
+
+def training_activation_bytes(family: str,
+                              arch: Union[str, dict],
+                              img_size: int,
+                              patch_size: int,
+                              precision: str = 'amp',
+                              scan: str = 'kernel',
+                              with_cp: bool = False,
+                              mixer_cfg: Optional[dict] = None) -> int:
+    """Per-image activations of a training step, with or without activation
+    checkpointing (``with_cp``): checkpointed blocks keep only their fp32
+    input, and one block's activations are live at a time in backward.
+    Other arguments as :func:`activation_bytes`."""
+    if precision not in PRECISIONS:
+        raise ValueError(f'unknown precision {precision!r}; valid: '
+                         f'{", ".join(PRECISIONS)}')
+    saved = saved_activations(family, arch, img_size, patch_size, scan,
+                              mixer_cfg)
+    blocks = sum(s.nbytes(precision) for s in saved
+                 if s.name.startswith('blocks.'))
+    others = sum(s.nbytes(precision) for s in saved
+                 if not s.name.startswith('blocks.'))
+    if not with_cp:
+        return blocks + others
+    d = model_dims(family, arch, mixer_cfg)
+    tokens = num_patches(img_size, patch_size) + 1
+    return (others + blocks // d['num_layers'] +
+            d['num_layers'] * tokens * d['embed_dims'] * 4)
+
+
+def training_memory_bytes(family: str,
+                          arch: Union[str, dict],
+                          img_size: int,
+                          patch_size: int,
+                          batch: int,
+                          precision: str = 'amp',
+                          scan: str = 'kernel',
+                          with_cp: bool = False,
+                          mixer_cfg: Optional[dict] = None) -> int:
+    """Peak training memory of one process: ``batch`` images' activations
+    (:func:`training_activation_bytes`) plus the backbone's weights,
+    gradients and AdamW state."""
+    with torch.device('meta'):
+        params = sum(p.numel() for p in build_backbone(
+            family, arch, img_size, patch_size, mixer_cfg).parameters())
+    return (batch * training_activation_bytes(
+        family, arch, img_size, patch_size, precision, scan, with_cp,
+        mixer_cfg) + STATE_BYTES_PER_PARAM * params)
+
+
 # ---------------------------------------------------------------------------
 # Measurements (this machine)
 # ---------------------------------------------------------------------------
@@ -528,7 +581,7 @@ def active_scan(device: str = 'cpu') -> str:
     from patchscale_mm.ops import ssd
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # the once-only fallback warning
-        backend = ssd._resolve_backend(None, torch.empty(0, device=device))
+        backend = ssd.resolve_backend(None, torch.empty(0, device=device))
     return {'cpp': 'fused_cpu', 'cuda': 'kernel'}.get(backend, backend)
 
 

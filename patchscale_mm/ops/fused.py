@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .dtypes import compute_dtype
-from .ssd import _resolve_backend
+from .ssd import resolve_backend
 from .ssd_kernel import load_kernels
 
 __all__ = ['fused_cpu_available', 'mamba2_conv_scan_norm', 'swiglu_gate', 'rms_norm']
@@ -41,7 +41,7 @@ def fused_cpu_available(x: Tensor) -> bool:
     """
     return (x.device.type == 'cpu' and x.dtype in FUSED_DTYPES and not torch.jit.is_tracing()
             and not torch.compiler.is_compiling() and load_kernels('cpu')[0]
-            and _resolve_backend(None, x) == 'cpp')
+            and resolve_backend(None, x) == 'cpp')
 
 
 def _ops():

@@ -250,7 +250,33 @@ def _warn_fallback(device_type: str, reason: str):
                   f'using the (slower) PyTorch chunked scan: {reason}', stacklevel=4)
 
 
-def _resolve_backend(backend: Optional[str], x: Tensor) -> str:
+# mamba_ssm's Triton SSD kernels compute element offsets in 32 bits
+# (state-spaces/mamba#1015): past 2**31 elements they crash or, worse, write
+# wrong values without an error.
+INT32_OFFSET_LIMIT = 2**31
+
+
+def int32_offset_overflow(*tensors: Optional[Tensor]) -> Optional[str]:
+    """Why 32-bit element offsets cannot address one of ``tensors`` (the
+    first whose batch x per-sample stride reaches 2**31 elements, e.g. ``dt``
+    as a view of Adventurer-B/1's fused projection from batch 14), or
+    None."""
+    for name, t in zip(('x', 'dt', 'B', 'C', 'z', 'initial_states'), tensors):
+        if t is not None and t.dim() and t.shape[0] * t.stride(0) >= INT32_OFFSET_LIMIT:
+            return (f'{name} spans {t.shape[0] * t.stride(0):,} elements (batch '
+                    f'{t.shape[0]} x stride {t.stride(0):,}), past the 2**31 that '
+                    'its 32-bit offsets address')
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_int32(reason: str):
+    warnings.warn(f"ssd_scan: 'auto' uses this repository's CUDA kernel, not "
+                  f"mamba_ssm's: {reason}", stacklevel=4)
+
+
+def resolve_backend(backend: Optional[str], x: Tensor,
+                    inputs: Tuple[Optional[Tensor], ...] = ()) -> str:
     """Maps a requested backend (or the env default) to a concrete one.
 
     ``'auto'`` picks, on CUDA, mamba_ssm's Triton kernel when installed and
@@ -259,7 +285,9 @@ def _resolve_backend(backend: Optional[str], x: Tensor) -> str:
     comes first because its backward is much faster (19x forward+backward at
     50,176 tokens on an H200, docs/benchmarks.md); it multiplies fp32 in TF32,
     so fp64 inputs, which ask for accuracy, skip it, and ``backend='cuda'``
-    is the choice for full fp32 accuracy.
+    is the choice for full fp32 accuracy. Inputs that its 32-bit offsets
+    cannot address (``inputs``: x, dt, B, C, z, initial_states; see
+    :func:`int32_offset_overflow`) skip it too, with a warning, once.
     """
     name = backend if backend is not None else os.environ.get(BACKEND_ENV) or 'auto'
     if name not in BACKENDS:
@@ -270,7 +298,10 @@ def _resolve_backend(backend: Optional[str], x: Tensor) -> str:
         if x.device.type not in ('cpu', 'cuda'):
             return 'torch'
         if x.is_cuda and x.dtype != torch.float64 and _load_mamba_ssm()[0] is not None:
-            return 'mamba_ssm'
+            overflow = int32_offset_overflow(*inputs)
+            if overflow is None:
+                return 'mamba_ssm'
+            _warn_int32(overflow)
         ok, reason = load_kernels(x.device.type)
         if ok:
             return 'cpp' if x.device.type == 'cpu' else 'cuda'
@@ -350,7 +381,7 @@ def ssd_scan(x: Tensor,
         backend: ``None`` (use ``$PATCHSCALE_SCAN_BACKEND``, else ``'auto'``),
             ``'auto'`` (the fastest kernel for the device of ``x``: mamba_ssm's
             on CUDA when installed, else this repository's; see
-            :func:`_resolve_backend`), ``'cpp'`` (the fused C++ CPU kernel),
+            :func:`resolve_backend`), ``'cpp'`` (the fused C++ CPU kernel),
             ``'cuda'`` (the fused CUDA kernel), ``'torch'``
             (:func:`ssd_scan_chunked`) or ``'mamba_ssm'`` (its Triton kernel).
             A named backend that cannot run raises.
@@ -364,7 +395,7 @@ def ssd_scan(x: Tensor,
     kwargs = dict(D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
                   dt_limit=tuple(dt_limit), initial_states=initial_states,
                   return_final_states=return_final_states, chunk_size=chunk_size)
-    name = _resolve_backend(backend, x)
+    name = resolve_backend(backend, x, (x, dt, B, C, z, initial_states))
     if name == 'mamba_ssm':
         return _load_mamba_ssm()[0](x, dt, A, B, C, **kwargs)
     if name in ('cpp', 'cuda'):

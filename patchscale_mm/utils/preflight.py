@@ -39,8 +39,6 @@ EXTRA_KEYS = frozenset({
     'tta_model', 'tta_pipeline', 'work_dir'
 })
 GIB = 2**30
-# fp32 weights, gradients and AdamW's two moments.
-STATE_BYTES_PER_PARAM = 16
 
 
 def _dotted(path: str, key) -> str:
@@ -102,7 +100,9 @@ def _parse_source(path: str) -> Optional[_Source]:
         targets = (node.targets if isinstance(node, ast.Assign) else
                    [node.target] if isinstance(
                        node, (ast.AugAssign, ast.AnnAssign)) else [])
-        assigned.update(t.id for t in targets if isinstance(t, ast.Name))
+        for target in targets:  # `a = ...` and `a, b = ...`
+            names = target.elts if isinstance(target, ast.Tuple) else [target]
+            assigned.update(n.id for n in names if isinstance(n, ast.Name))
     loaded = {
         n.id
         for n in ast.walk(tree)
@@ -343,6 +343,16 @@ def input_problems(cfg: Config, info: BackboneInfo) -> List[str]:
         problems.append(f"model.neck.in_stride={neck['in_stride']} does not "
                         f'match the backbone, whose feature map has stride '
                         f'{ph} (its patch size); set it to {ph}')
+    if isinstance(neck, dict) and str(neck.get('type')).endswith(
+            'MultiLevelNeck') and neck.get('scales') is not None:
+        # UperNet on a plain backbone: rescale the stride-p maps to strides
+        # 4, 8, 16 and 32.
+        expected = [ph / stride for stride in (4, 8, 16, 32)]
+        if [float(s) for s in neck['scales']] != expected:
+            problems.append(
+                f"model.neck.scales={list(neck['scales'])} do not turn the "
+                f'backbone\'s stride-{ph} maps (its patch size) into strides '
+                f'4, 8, 16, 32; set them to {expected}')
     return problems
 
 
@@ -540,26 +550,6 @@ def _precision(cfg: Config) -> str:
     return 'amp' if 'Amp' in str(wrapper.get('type', '')) else 'fp32'
 
 
-def _per_image_bytes(info: BackboneInfo, side: int, scan: str,
-                     precision: str, with_cp: bool) -> int:
-    """Activation bytes per image; with checkpointing each block keeps only
-    its input (fp32) and one block's activations are live in backward."""
-    from patchscale_mm.analysis import cost_model
-    p = info.patch_size[0]
-    saved = cost_model.saved_activations(info.family, info.arch, side, p,
-                                         scan, info.cfg.get('mixer_cfg'))
-    blocks = sum(s.nbytes(precision) for s in saved
-                 if s.name.startswith('blocks.'))
-    others = sum(s.nbytes(precision) for s in saved
-                 if not s.name.startswith('blocks.'))
-    if not with_cp:
-        return blocks + others
-    depth = info.arch['num_layers']
-    tokens = (side // p)**2 + 1
-    return others + blocks // depth + depth * tokens * \
-        info.arch['embed_dims'] * 4
-
-
 def estimate_training_memory(cfg: Config,
                              device: Optional[str] = None
                              ) -> Optional[MemoryEstimate]:
@@ -579,8 +569,9 @@ def estimate_training_memory(cfg: Config,
     tokens = math.ceil(h / ph) * math.ceil(w / pw)
     # The cost model takes square images: the square with as many tokens.
     side = ph * math.ceil(math.sqrt(tokens))
-    per_image = {(precision, cp): _per_image_bytes(info, side, scan,
-                                                   precision, cp)
+    per_image = {(precision, cp): cost_model.training_activation_bytes(
+        info.family, info.arch, side, ph, precision, scan, cp,
+        info.cfg.get('mixer_cfg'))
                  for precision in ('fp32', 'amp') for cp in (False, True)}
     built = {k: v for k, v in info.cfg.items() if k != 'init_cfg'}
     try:
@@ -590,7 +581,8 @@ def estimate_training_memory(cfg: Config,
         return None
     return MemoryEstimate(info, (h, w), tokens, int(loader['batch_size']),
                           _precision(cfg), bool(info.cfg.get('with_cp')),
-                          per_image, STATE_BYTES_PER_PARAM * params)
+                          per_image,
+                          cost_model.STATE_BYTES_PER_PARAM * params)
 
 
 def _meminfo_available() -> int:

@@ -9,6 +9,8 @@ on disk differ from what it would write (the test suite runs it).
     python tools/misc/generate_configs.py [--check]
 """
 import argparse
+import functools
+import math
 import re
 import sys
 from pathlib import Path
@@ -61,6 +63,64 @@ STAGE_DROP_PATH = {
 }
 STAGE_SUFFIX = dict(pretrain='', intermediate='_intermediate',
                     finetune='_finetune')
+# Augmentation (dataset base suffix) per family and stage: DeiT's own recipe;
+# the Adventurer authors' ThreeAugment for pretraining and the intermediate
+# stage and RandAugment for finetuning (Tables 8-10, their commands).
+STAGE_DATA = {
+    ('deit', 'pretrain'): '',
+    ('adv', 'pretrain'): '_3aug',
+    ('adv', 'intermediate'): '_3aug',
+    ('adv', 'finetune'): '_randaug',
+}
+# Label smoothing where the model base's default differs: the Adventurer
+# finetuning stage (Table 9: 0.1; their other stages 0.0, DeiT 0.1).
+STAGE_LABEL_SMOOTH = {('adv', 'finetune'): 0.1}
+# Per-GPU batch of each stage's dataset base and the global batch of its
+# recipe (Tables 8-10), Tiny/Small/Base and Large/Huge.
+STAGE_BATCH = dict(pretrain=(128, (1024, 4096)), intermediate=(128, (1024, 4096)),
+                   finetune=(64, (512, 512)))
+
+
+def eval_crop_ratio(patch: int, size: int) -> float:
+    """The authors evaluate patches below 16 and inputs above 224 px without
+    the 0.875 centre crop, except very small inputs (64 px)."""
+    return 1.0 if (patch < 16 or size > 224) and size > 64 else 0.875
+
+
+# The memory every shipped config must fit per process: 80 GB GPUs
+# (A100/H100), of which 90% for the training step.
+GPU_MEMORY_GIB = 80
+MEMORY_BUDGET_GIB = 0.9 * GPU_MEMORY_GIB
+
+
+@functools.lru_cache(maxsize=None)
+def memory_gib(family: str, arch: str, img_size: int, patch: int) -> tuple:
+    """(GiB of weights, gradients and AdamW state; GiB of bf16 activations
+    per image without and with activation checkpointing), from the memory
+    model of ``patchscale_mm.analysis.cost_model`` with this repository's
+    scan kernel."""
+    from patchscale_mm.analysis import cost_model
+    name = 'deit' if family == 'deit' else 'adventurer'
+    state = cost_model.training_memory_bytes(name, arch, img_size, patch, 0)
+    per_image = [cost_model.training_activation_bytes(
+        name, arch, img_size, patch, 'amp', 'kernel', cp) for cp in (False, True)]
+    return state / 2**30, per_image[0] / 2**30, per_image[1] / 2**30
+
+
+def fit_per_gpu(family: str, arch: str, img_size: int, patch: int,
+                batch: int):
+    """(per-GPU batch, with_cp) that fits :data:`MEMORY_BUDGET_GIB` in bf16
+    mixed precision: the recipe's batch without activation checkpointing if
+    it fits, else with it, else the largest power-of-two batch that fits
+    with it (more GPUs for the same global batch)."""
+    state, plain, checkpointed = memory_gib(family, arch, img_size, patch)
+    if state + batch * plain <= MEMORY_BUDGET_GIB:
+        return batch, False
+    while batch > 1 and state + batch * checkpointed > MEMORY_BUDGET_GIB:
+        batch //= 2
+    return batch, True
+
+
 # The "by extending" ablation (Table 5): patch-16 tokens interpolated to the
 # sequence length of a smaller patch. (family, arch, input size) -> top-1 by
 # patch whose length is matched, "by extending" and "by scaling".
@@ -140,19 +200,47 @@ def stage_title(family: str, size: int, stage: str) -> str:
     return f'the pretraining recipe (Table {table})'
 
 
+def gpu_plan(family: str, arch: str, side: int, patch: int, default: int,
+             global_batch: int) -> str:
+    """``'GPUs x images'`` and the estimated GiB per GPU of a leaf, for the
+    model-zoo table."""
+    per_gpu, with_cp = fit_per_gpu(family, arch, side, patch, default)
+    state, plain, checkpointed = memory_gib(family, arch, side, patch)
+    gib = state + per_gpu * (checkpointed if with_cp else plain)
+    return (f'{global_batch // per_gpu} x {per_gpu}'
+            f'{" (cp)" if with_cp else ""} | {gib:.1f}')
+
+
+def batch_lines(per_gpu: int, default: int, global_batch: int) -> str:
+    """The per-GPU batch that fits an 80 GB GPU (see :func:`fit_per_gpu`),
+    and the GPU count that keeps the recipe's global batch."""
+    if per_gpu == default:
+        return ''
+    return (f'# {per_gpu} images per GPU fit an {GPU_MEMORY_GIB} GB GPU: the '
+            f'batch of {global_batch}\n# takes {global_batch // per_gpu} GPUs.\n'
+            f'train_dataloader = dict(batch_size={per_gpu})\n')
+
+
 def cls_config(family: str, arch: str, size: int, patch: int,
                stage: str = 'pretrain') -> str:
     large = arch in ('l', 'h')
     table, *recipes = STAGE_RECIPES[stage]
     schedule = recipes[large][0]
     tokens = (size // patch)**2
+    default_batch, global_batches = STAGE_BATCH[stage]
+    per_gpu, with_cp = fit_per_gpu(family, arch, size, patch, default_batch)
+    smooth = STAGE_LABEL_SMOOTH.get((family, stage))
+    head = f'head=dict(in_channels={ARCH_DIMS[family][arch]}'
+    head += (f', loss=dict(label_smooth_val={smooth}))' if smooth else ')')
+    cp = (',\n        # Activation checkpointing: fits an 80 GB GPU.\n'
+          '        with_cp=True' if with_cp else '')
     text = f"""\
 # {FAMILY_NAMES[family]}-{ARCH_NAMES[arch]}, patch {patch}, {size}px ImageNet-1k ({tokens:,} tokens):
 # {stage_title(family, size, stage)}.
 # Generated by tools/misc/generate_configs.py.
 _base_ = [
     '../_base_/models/{MODEL_BASES[family]}.py',
-    '../_base_/datasets/imagenet_{size}.py',
+    '../_base_/datasets/imagenet_{size}{STAGE_DATA[(family, stage)]}.py',
     '../_base_/schedules/{schedule}.py', '../_base_/default_runtime.py'
 ]
 model = dict(
@@ -160,8 +248,27 @@ model = dict(
         arch='{arch}',
         img_size={size},
         patch_size={patch},
-        drop_path_rate={STAGE_DROP_PATH[stage][arch]}),
-    head=dict(in_channels={ARCH_DIMS[family][arch]}))
+        drop_path_rate={STAGE_DROP_PATH[stage][arch]}{cp}),
+    {head})
+"""
+    text += batch_lines(per_gpu, default_batch, global_batches[large])
+    if eval_crop_ratio(patch, size) == 1.0:
+        text += f"""\
+# Evaluated at crop ratio 1.0 (short edge to {size}, centre crop), as the
+# authors evaluate patches below 16.
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(
+        type='ResizeEdge',
+        scale={size},
+        edge='short',
+        backend='pillow',
+        interpolation='bicubic'),
+    dict(type='CenterCrop', crop_size={size}),
+    dict(type='PackInputs'),
+]
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+test_dataloader = val_dataloader
 """
     previous = previous_stage(family, arch, size, patch, stage)
     if previous:
@@ -210,6 +317,27 @@ def pretrained_backbone(arch: str, patch: int) -> str:
             prefix='backbone.')"""
 
 
+# UperNet widths (neck output, decode head channels) per arch: neck + decode
+# head of 12.5M parameters for Base and 4.8M for Tiny, the paper's 13M and 5M
+# (Table 2's totals minus the backbones).
+UPERNET_WIDTHS = dict(t=(256, 128), b=(320, 256))
+SEG_BATCH, DET_BATCH = 2, 2  # per GPU: 16 on 8 GPUs (paper Sec. 4.1)
+
+
+def checkpointing(family: str, arch: str, side: int, patch: int,
+                  batch: int) -> str:
+    """The backbone lines for activation checkpointing where the downstream
+    batch needs it on an 80 GB GPU."""
+    per_gpu, with_cp = fit_per_gpu(family, arch, side, patch, batch)
+    if per_gpu != batch:
+        raise ValueError(f'{family}-{arch} p{patch} at {side} px does not fit '
+                         f'{batch} images per GPU even with checkpointing')
+    if not with_cp:
+        return ''
+    return ('\n        # Activation checkpointing: fits an 80 GB GPU at its batch.'
+            '\n        with_cp=True,')
+
+
 def seg_config(arch: str, head: str, patch: int) -> str:
     dims = ARCH_DIMS['adv'][arch]
     head_name = 'UperNet' if head == 'upernet' else 'decoder-free linear head'
@@ -222,36 +350,48 @@ _base_ = [
     '../_base_/schedules/seg_160k.py'  # includes the default runtime
 ]
 """
+    backbone = f"""\
+    backbone=dict(
+        arch='{arch}',
+        patch_size={patch},{checkpointing('adv', arch, 512, patch, SEG_BATCH)}
+        {pretrained_backbone(arch, patch)}),"""
     if head == 'linear':
         return text + f"""\
 model = dict(
-    backbone=dict(
-        arch='{arch}',
-        patch_size={patch},
-        {pretrained_backbone(arch, patch)}),
+{backbone}
     decode_head=dict(in_channels={dims}))
 """
     # Rescale the stride-p block outputs to strides 4, 8, 16 and 32.
     scales = [patch / stride for stride in (4, 8, 16, 32)]
+    neck, channels = UPERNET_WIDTHS[arch]
     return text + f"""\
 model = dict(
-    backbone=dict(
-        arch='{arch}',
-        patch_size={patch},
-        {pretrained_backbone(arch, patch)}),
+{backbone}
     neck=dict(
         in_channels=[{dims}, {dims}, {dims}, {dims}],
-        out_channels={dims},
+        out_channels={neck},
         scales={scales!r}),
-    decode_head=dict(in_channels=[{dims}, {dims}, {dims}, {dims}]),
-    auxiliary_head=dict(in_channels={dims}))
+    decode_head=dict(
+        in_channels=[{neck}, {neck}, {neck}, {neck}], channels={channels}),
+    auxiliary_head=dict(in_channels={neck}))
 """
+
+
+def det_side(patch: int) -> int:
+    """The square with as many tokens as a 1333x800 image padded by the
+    detector's preprocessor, for the memory model."""
+    divisor = max(32, patch)
+    tokens = (-(-800 // divisor) * divisor // patch) * \
+        (-(-1333 // divisor) * divisor // patch)
+    return patch * math.ceil(math.sqrt(tokens))
 
 
 def det_config(arch: str, patch: int) -> str:
     # The position-embedding grid of the classification backbone; 224 px has
     # no whole grid at patch 64, so those backbones are taken at 256 px.
     grid_size = 224 if 224 % patch == 0 else 256
+    divisor = max(32, patch)
+    side = det_side(patch)
     return f"""\
 # Adventurer-{ARCH_NAMES[arch]}, patch {patch}, Cascade Mask R-CNN on COCO, 1x schedule
 # (paper Table 3). Generated by tools/misc/generate_configs.py.
@@ -261,11 +401,11 @@ _base_ = [
     '../_base_/schedules/det_1x.py', '../_base_/default_runtime.py'
 ]
 model = dict(
-    data_preprocessor=dict(pad_size_divisor={max(32, patch)}),
+    data_preprocessor=dict(pad_size_divisor={divisor}),
     backbone=dict(
         arch='{arch}',
         img_size={grid_size},
-        patch_size={patch},
+        patch_size={patch},{checkpointing('adv', arch, side, patch, DET_BATCH)}
         {pretrained_backbone(arch, patch)}),
     neck=dict(in_channels={ARCH_DIMS['adv'][arch]}, in_stride={patch}))
 """
@@ -287,8 +427,11 @@ def zoo():
                     model = f'{FAMILY_NAMES[family]}-{arch.upper()}'
                     if len(stages) > 1 or size == 224 and family == 'adv':
                         model += f' ({stage})'
+                    default, batches = STAGE_BATCH[stage]
+                    plan = gpu_plan(family, arch, size, patch, default,
+                                    batches[arch in ('l', 'h')])
                     row = ('cls', model, patch, f'{size}px', (size // patch)**2,
-                           top1, path)
+                           top1, path, plan)
                     yield path, cls_config(family, arch, size, patch,
                                            stage), row
     for (family, arch, size), results in TABLE5.items():
@@ -309,7 +452,8 @@ def zoo():
                 path = f'configs/seg/adv_{arch}_p{patch}_{head}_ade20k.py'
                 miou = PAPER_MIOU[(arch, head)].get(patch)
                 row = ('seg', f'Adventurer-{arch.upper()} + {head}', patch,
-                       '512x512', (512 // patch)**2, miou, path)
+                       '512x512', (512 // patch)**2, miou, path,
+                       gpu_plan('adv', arch, 512, patch, SEG_BATCH, 8 * SEG_BATCH))
                 yield path, seg_config(arch, head, patch), row
     for arch in ('t', 'b'):
         for patch in DET_PATCHES:
@@ -319,7 +463,9 @@ def zoo():
             h, w = (-(-side // divisor) * divisor for side in (800, 1333))
             row = ('det', f'Adventurer-{arch.upper()}', patch, '800x1333',
                    (h // patch) * (w // patch),
-                   f'{ap[0]} / {ap[1]}' if ap else None, path)
+                   f'{ap[0]} / {ap[1]}' if ap else None, path,
+                   gpu_plan('adv', arch, det_side(patch), patch, DET_BATCH,
+                            8 * DET_BATCH))
             yield path, det_config(arch, patch), row
 
 
@@ -330,14 +476,15 @@ def readme_table(rows) -> str:
     for task in ('cls', 'seg', 'det'):
         lines += [
             f'\n**{metric[task]}**\n',
-            f'| model | patch | input | tokens | paper {metric[task]} | config |',
-            '|---|---|---|---|---|---|'
+            f'| model | patch | input | tokens | paper {metric[task]} | config '
+            '| GPUs x batch | GiB per GPU |',
+            '|---|---|---|---|---|---|---|---|'
         ]
-        for t, model, patch, size, tokens, paper, path in rows:
+        for t, model, patch, size, tokens, paper, path, plan in rows:
             if t == task:
                 lines.append(f'| {model} | {patch} | {size} | {tokens:,} | '
                              f'{paper if paper is not None else "-"} | '
-                             f'{config_link(path)} |')
+                             f'{config_link(path)} | {plan} |')
     return '\n'.join(lines) + '\n' + table5_table()
 
 

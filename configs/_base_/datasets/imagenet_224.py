@@ -1,5 +1,7 @@
 # ImageNet-1k at 224 px with DeiT's augmentation (RandAugment
-# rand-m9-mstd0.5-inc1, random erasing 0.25; Mixup/CutMix live in the model).
+# rand-m9-mstd0.5-inc1, random erasing 0.25, repeated augmentation x3;
+# Mixup/CutMix live in the model), 128 images per GPU. The Adventurer stages
+# swap the augmentation: imagenet_224_3aug.py, imagenet_224_randaug.py.
 dataset_type = 'ImageNet'
 data_root = 'data/imagenet'
 data_preprocessor = dict(
@@ -38,7 +40,9 @@ train_pipeline = [
     random_erasing,
     dict(type='PackInputs'),
 ]
-# Test: resize the short edge to size / 0.875, then centre-crop.
+# Test: resize the short edge to size / crop ratio, then centre-crop, at crop
+# ratio 0.875; the authors evaluate patches below 16 and inputs above 224 px
+# at 1.0, which those leaf configs set.
 test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(
@@ -59,7 +63,9 @@ train_dataloader = dict(
         data_root=data_root,
         split='train',
         pipeline=train_pipeline),
-    sampler=dict(type='DefaultSampler', shuffle=True),
+    # DeiT's repeated augmentation: each image three times per epoch, on
+    # different GPUs, with different augmentations.
+    sampler=dict(type='RepeatAugSampler', shuffle=True),
 )
 val_dataloader = dict(
     batch_size=128,

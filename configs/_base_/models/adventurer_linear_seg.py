@@ -20,7 +20,10 @@ model = dict(
         img_size=224,
         patch_size=16,
         out_type='featmap',
-        drop_path_rate=0.1),
+        drop_path_rate=0.1,
+        # As the classification weights were trained (the authors' code).
+        drop_path_schedule='released',
+        flip_rule='released'),
     decode_head=dict(
         type='patchscale_mm.LinearSegHead',
         in_channels=768,

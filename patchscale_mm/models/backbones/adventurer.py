@@ -21,15 +21,18 @@ from .base import (PlainBackbone, expand_aliases, init_linear,
                    linear_drop_path_rates)
 
 FLIP_RULES = ('paper', 'released', 'none')
+DROP_PATH_SCHEDULES = ('linear', 'released')
 
 
 def is_flipped(layer_index: int, rule: str) -> bool:
     """Whether a layer scans the patch tokens in reverse order.
 
-    ``'paper'``: the order flips every two layers (layers 2-3, 6-7, ...).
     ``'released'``: only layers 2 and 3, as the authors' released code does
-    (``n // 2 == 1``); use it for converted official checkpoints.
-    ``'none'``: never.
+    (``flip = (n // 2 == 1)``); every released checkpoint and every number of
+    the paper come from that code.
+    ``'paper'``: every two layers (2-3, 6-7, 10-11, ...), a reading of the
+    Adventurer paper's "flipping between every two layers".
+    ``'none'``: never. With four layers or fewer the first two coincide.
     """
     if rule == 'paper':
         return (layer_index // 2) % 2 == 1
@@ -39,6 +42,23 @@ def is_flipped(layer_index: int, rule: str) -> bool:
         return False
     raise ValueError(f'unknown flip_rule {rule!r}; valid: '
                      f'{", ".join(FLIP_RULES)}')
+
+
+def adventurer_drop_path_rates(max_rate: float, num_layers: int,
+                               schedule: str = 'linear') -> list:
+    """Stochastic depth per layer.
+
+    ``'linear'``: from 0 at the first layer to ``max_rate`` at the last.
+    ``'released'``: the authors' code, ``[0] + linspace(0, max_rate, depth)``
+    with layer i taking entry i: layers 0 and 1 at 0, the last layer at
+    ``max_rate * (depth - 2) / (depth - 1)``.
+    """
+    if schedule == 'linear':
+        return linear_drop_path_rates(max_rate, num_layers)
+    if schedule == 'released':
+        return [0.] + linear_drop_path_rates(max_rate, num_layers)[:num_layers - 1]
+    raise ValueError(f'unknown drop_path_schedule {schedule!r}; valid: '
+                     f'{", ".join(DROP_PATH_SCHEDULES)}')
 
 
 class RMSNorm(nn.RMSNorm):
@@ -139,8 +159,12 @@ class Adventurer(PlainBackbone):
             ``num_layers``, ``mlp_dims``. Defaults to ``'b'``.
         drop_path_rate (float): Stochastic depth of the last block; it grows
             linearly from 0. Defaults to 0.
+        drop_path_schedule (str): How the rate grows over depth, see
+            :func:`adventurer_drop_path_rates`. Defaults to ``'linear'``; the
+            shipped recipes use ``'released'``.
         flip_rule (str): Which layers scan in reverse, see :func:`is_flipped`.
-            Defaults to ``'paper'``.
+            Defaults to ``'paper'``; the shipped recipes and converted
+            checkpoints use ``'released'``.
         mixer_cfg (dict, optional): Overrides of the Mamba-2 mixer defaults
             (d_state 64, expand 2, d_conv 4, headdim 64, ngroups 1,
             chunk_size 256).
@@ -169,6 +193,7 @@ class Adventurer(PlainBackbone):
                  img_size: Union[int, Sequence[int]] = 224,
                  patch_size: Union[int, Sequence[int]] = 16,
                  drop_path_rate: float = 0.,
+                 drop_path_schedule: str = 'linear',
                  flip_rule: str = 'paper',
                  mixer_cfg: Optional[dict] = None,
                  norm_eps: float = 1e-5,
@@ -181,7 +206,8 @@ class Adventurer(PlainBackbone):
             init_cfg=init_cfg,
             **kwargs)
         self.flip_rule = flip_rule
-        dpr = linear_drop_path_rates(drop_path_rate, self.num_layers)
+        dpr = adventurer_drop_path_rates(drop_path_rate, self.num_layers,
+                                         drop_path_schedule)
         self.layers = nn.ModuleList(
             AdventurerBlock(
                 self.embed_dims,

@@ -1,0 +1,177 @@
+"""The shipped recipes against the paper (Tables 8-10, Sec. 4.1, Table 2)
+and the Adventurer authors' released training commands.
+
+The expected values are written here from those sources, not read from the
+config generator: a config that drifts from the paper fails.
+"""
+import re
+from pathlib import Path
+
+import pytest
+from mmengine.config import Config
+
+from patchscale_mm.utils.preflight import estimate_training_memory
+
+ROOT = Path(__file__).resolve().parents[1]
+CLS = sorted((ROOT / 'configs' / 'cls').glob('*.py'))
+NAME = re.compile(r'(?P<family>deit|adv)_(?P<arch>[tsblh])_p(?P<patch>\d+)(?:_extend16)?_in1k_'
+                  r'(?P<size>\d+)(?:_(?P<stage>intermediate|finetune))?\.py')
+
+# Paper Tables 8-10 (optimizer, lr per 512 images, weight decay, epochs,
+# betas, global batch, warmup epochs, layer-wise lr decay) and the authors'
+# commands (GPUs x images per GPU, lr rescaled by batch / 512 except in
+# finetuning, where --unscale-lr keeps 1e-5).
+RECIPES = {
+    # stage, large: lr, wd, epochs, betas, batch, warmup, layer decay, GPUs
+    ('pretrain', False): (5e-4 * 1024 / 512, 0.05, 300, (0.9, 0.999), 1024, 5, None, 8),
+    ('pretrain', True): (2e-4 * 4096 / 512, 0.3, 200, (0.9, 0.95), 4096, 20, None, 32),
+    ('intermediate', False): (5e-4 * 1024 / 512, 0.05, 100, (0.9, 0.999), 1024, 5, 0.9, 8),
+    ('intermediate', True): (8e-4 * 4096 / 512, 0.3, 50, (0.9, 0.95), 4096, 20, 0.9, 32),
+    ('finetune', False): (1e-5, 0.1, 20, (0.9, 0.999), 512, 5, 0.95, 8),
+    ('finetune', True): (2e-5, 0.1, 50, (0.9, 0.95), 512, 5, 0.95, 8),
+}
+# Stochastic depth (Tables 8-10; Tiny takes Small's, Huge Large's).
+DROP_PATH = {
+    'pretrain': dict(t=0.1, s=0.1, b=0.1, l=0.2, h=0.2),
+    'intermediate': dict(t=0.2, s=0.2, b=0.4, l=0.4, h=0.4),
+    'finetune': dict(t=0.4, s=0.4, b=0.6, l=0.6, h=0.6),
+}
+# The authors' code: warmup from 1e-6, cosine to 1e-5 (their defaults).
+WARMUP_LR, MIN_LR = 1e-6, 1e-5
+# Augmentation: (train transforms after the flip, label smoothing, sampler,
+# random erasing probability).
+THREE_AUGMENT = (['patchscale_mm.ThreeAugment', 'ColorJitter'], 0.0, 'RepeatAugSampler', 0)
+RAND_AUGMENT = (['RandAugment'], 0.1, 'DefaultSampler', 0)
+DEIT = (['RandAugment', 'RandomErasing'], 0.1, 'RepeatAugSampler', 0.25)
+
+
+def parse(path):
+    m = NAME.fullmatch(path.name)
+    assert m, path.name
+    family, arch = m['family'], m['arch']
+    stage = m['stage'] or 'pretrain'
+    return family, arch, int(m['patch']), int(m['size']), stage
+
+
+@pytest.fixture(scope='module')
+def configs():
+    return {path: Config.fromfile(str(path)) for path in CLS}
+
+
+def test_every_classification_config_is_covered(configs):
+    assert len(configs) == 196
+
+
+@pytest.mark.parametrize('path', CLS, ids=lambda p: p.stem)
+def test_classification_recipe(path, configs):
+    cfg = configs[path]
+    family, arch, patch, size, stage = parse(path)
+    large = arch in ('l', 'h')
+    lr, wd, epochs, betas, batch, warmup, decay, gpus = RECIPES[(stage, large)]
+    optim = cfg.optim_wrapper
+    assert optim.type == 'AmpOptimWrapper' and optim.dtype == 'bfloat16'
+    assert optim.optimizer.type == 'AdamW'
+    assert optim.optimizer.lr == pytest.approx(lr)
+    assert optim.optimizer.weight_decay == wd
+    assert tuple(optim.optimizer.betas) == betas
+    assert cfg.train_cfg.max_epochs == epochs
+    assert optim.get('paramwise_cfg', {}).get('layer_decay_rate') == decay
+    warm, cosine = cfg.param_scheduler
+    assert warm.type == 'LinearLR' and warm.end == warmup == cosine.begin
+    assert warm.start_factor * lr == pytest.approx(WARMUP_LR)
+    assert cosine.type == 'CosineAnnealingLR' and cosine.eta_min == MIN_LR
+    assert cosine.end == epochs
+    # The table's batch: the README command's GPUs x the per-GPU batch, or
+    # as many GPUs as the config says it takes to fit 80 GB.
+    assert cfg.auto_scale_lr.base_batch_size == batch
+    per_gpu = cfg.train_dataloader.batch_size
+    # Table 5's "by extending" configs inherit their batch from the config
+    # they extend.
+    text = path.read_text() + ''.join(
+        (path.parent / base).read_text() for base in re.findall(r"_base_ = '\./(.*)'", path.read_text()))
+    stated = re.search(r'takes (\d+) GPUs', text)
+    assert per_gpu * (int(stated[1]) if stated else gpus) == batch
+    assert cfg.model.backbone.drop_path_rate == DROP_PATH[stage][arch]
+    # Mixup 0.8 and CutMix 1.0 in every stage (the authors' defaults, DeiT's).
+    assert [(a.type, a.alpha) for a in cfg.model.train_cfg.augments] == [
+        ('Mixup', 0.8), ('CutMix', 1.0)]
+    if family == 'adv':
+        expected = RAND_AUGMENT if stage == 'finetune' else THREE_AUGMENT
+        assert cfg.model.backbone.flip_rule == 'released'
+        assert cfg.model.backbone.drop_path_schedule == 'released'
+    else:
+        expected = DEIT
+    transforms, smoothing, sampler, erasing = expected
+    pipeline = cfg.train_dataloader.dataset.pipeline
+    types = [t.type for t in pipeline]
+    assert types[:3] == ['LoadImageFromFile', 'RandomResizedCrop', 'RandomFlip']
+    assert types[3:-1] == transforms and types[-1] == 'PackInputs'
+    assert pipeline[1].scale == size
+    for t in pipeline:
+        if t.type == 'RandAugment':  # rand-m9-mstd0.5-inc1
+            assert (t.policies, t.num_policies, t.magnitude_level, t.magnitude_std) == (
+                'timm_increasing', 2, 9, 0.5)
+        if t.type == 'RandomErasing':
+            assert t.erase_prob == erasing
+        if t.type == 'ColorJitter':
+            assert (t.brightness, t.contrast, t.saturation) == (0.3, 0.3, 0.3)
+    assert cfg.model.head.loss.label_smooth_val == smoothing
+    assert cfg.train_dataloader.sampler.type == sampler
+
+
+@pytest.mark.parametrize('path', CLS, ids=lambda p: p.stem)
+def test_evaluation_crop_ratio(path, configs):
+    """Crop ratio 1.0 below patch 16 and above 224 px, 0.875 otherwise and
+    at 64 px (the authors' evaluation instructions)."""
+    _, _, patch, size, _ = parse(path)
+    ratio = 1.0 if (patch < 16 or size > 224) and size > 64 else 0.875
+    for loader in ('val_dataloader', 'test_dataloader'):
+        resize, crop = configs[path][loader].dataset.pipeline[1:3]
+        assert resize.type == 'ResizeEdge' and resize.edge == 'short'
+        assert crop.crop_size == size
+        assert resize.scale == int(size / ratio)
+
+
+UPERNET_PAPER_M = dict(t=17 - 12, b=112 - 99)  # Table 2 totals minus backbones
+
+
+@pytest.mark.parametrize('arch', ['t', 'b'])
+def test_upernet_size_matches_the_paper(arch):
+    from tools.analysis.get_params import config_params
+    for patch in (16, 8, 4, 2):
+        parts = config_params(str(ROOT / f'configs/seg/adv_{arch}_p{patch}_upernet_ade20k.py'))
+        decoder = (parts['neck'] + parts['decode_head']) / 1e6
+        assert abs(decoder - UPERNET_PAPER_M[arch]) <= 0.1 * UPERNET_PAPER_M[arch], decoder
+
+
+SEG_DET = sorted([*(ROOT / 'configs' / 'seg').glob('*.py'), *(ROOT / 'configs' / 'det').glob('*.py')])
+
+
+@pytest.mark.parametrize('path', SEG_DET, ids=lambda p: p.stem)
+def test_downstream_recipe(path):
+    cfg = Config.fromfile(str(path))
+    backbone = cfg.model.backbone
+    assert backbone.flip_rule == 'released' and backbone.drop_path_schedule == 'released'
+    assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
+    optimizer = cfg.optim_wrapper.optimizer
+    # Sec. 4.1: ADE20k AdamW 5e-5, wd 0.01, 160k iterations, batch 16;
+    # COCO AdamW 1e-4, wd 0.05, 12 epochs, batch 16; 8 GPUs x 2 images.
+    if '/seg/' in str(path):
+        assert (optimizer.lr, optimizer.weight_decay) == (5e-5, 0.01)
+        assert cfg.train_cfg.max_iters == 160000
+    else:
+        assert (optimizer.lr, optimizer.weight_decay) == (1e-4, 0.05)
+        assert cfg.train_cfg.max_epochs == 12
+    assert cfg.train_dataloader.batch_size * 8 == cfg.auto_scale_lr.base_batch_size == 16
+
+
+@pytest.mark.parametrize('path', CLS + SEG_DET, ids=lambda p: p.stem)
+def test_fits_an_80gb_gpu(path, monkeypatch):
+    """Each shipped config fits an 80 GB GPU at its per-GPU batch, by the
+    memory model the pre-flight check uses (this repository's CUDA scan)."""
+    from patchscale_mm.analysis import cost_model
+    monkeypatch.setattr(cost_model, 'active_scan', lambda device='cpu': 'kernel')
+    cfg = Config.fromfile(str(path))
+    estimate = estimate_training_memory(cfg, device='cuda')
+    assert estimate.precision == 'amp'
+    assert estimate.total() <= 0.9 * 80 * 2**30, estimate.total() / 2**30
