@@ -13,20 +13,9 @@ model = dict(
         patch_size=8,
         drop_path_rate=0.6),
     head=dict(in_channels=768, loss=dict(label_smooth_val=0.1)))
-# Evaluated at crop ratio 1.0 (short edge to 224, centre crop), as the
-# authors evaluate patches below 16.
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(
-        type='ResizeEdge',
-        scale=224,
-        edge='short',
-        backend='pillow',
-        interpolation='bicubic'),
-    dict(type='CenterCrop', crop_size=224),
-    dict(type='PackInputs'),
-]
-val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+# Evaluated at crop ratio 1.0, as the authors evaluate patches below 16.
+val_dataloader = dict(
+    dataset=dict(pipeline={{_base_.test_pipelines.crop_ratio_1}}))
 test_dataloader = val_dataloader
 # The last checkpoint of the previous stage (a different input size is
 # resampled on load); override with --cfg-options load_from=...

@@ -18,20 +18,9 @@ model = dict(
 # 4 images per GPU fit an 80 GB GPU: the batch of 4096
 # takes 1024 GPUs.
 train_dataloader = dict(batch_size=4)
-# Evaluated at crop ratio 1.0 (short edge to 224, centre crop), as the
-# authors evaluate patches below 16.
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(
-        type='ResizeEdge',
-        scale=224,
-        edge='short',
-        backend='pillow',
-        interpolation='bicubic'),
-    dict(type='CenterCrop', crop_size=224),
-    dict(type='PackInputs'),
-]
-val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+# Evaluated at crop ratio 1.0, as the authors evaluate patches below 16.
+val_dataloader = dict(
+    dataset=dict(pipeline={{_base_.test_pipelines.crop_ratio_1}}))
 test_dataloader = val_dataloader
 # The last checkpoint of the previous stage (a different input size is
 # resampled on load); override with --cfg-options load_from=...

@@ -15,18 +15,7 @@ model = dict(
         # Activation checkpointing: fits an 80 GB GPU.
         with_cp=True),
     head=dict(in_channels=1024))
-# Evaluated at crop ratio 1.0 (short edge to 224, centre crop), as the
-# authors evaluate patches below 16.
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(
-        type='ResizeEdge',
-        scale=224,
-        edge='short',
-        backend='pillow',
-        interpolation='bicubic'),
-    dict(type='CenterCrop', crop_size=224),
-    dict(type='PackInputs'),
-]
-val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+# Evaluated at crop ratio 1.0, as the authors evaluate patches below 16.
+val_dataloader = dict(
+    dataset=dict(pipeline={{_base_.test_pipelines.crop_ratio_1}}))
 test_dataloader = val_dataloader

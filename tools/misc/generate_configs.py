@@ -253,21 +253,10 @@ model = dict(
 """
     text += batch_lines(per_gpu, default_batch, global_batches[large])
     if eval_crop_ratio(patch, size) == 1.0:
-        text += f"""\
-# Evaluated at crop ratio 1.0 (short edge to {size}, centre crop), as the
-# authors evaluate patches below 16.
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(
-        type='ResizeEdge',
-        scale={size},
-        edge='short',
-        backend='pillow',
-        interpolation='bicubic'),
-    dict(type='CenterCrop', crop_size={size}),
-    dict(type='PackInputs'),
-]
-val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+        text += """\
+# Evaluated at crop ratio 1.0, as the authors evaluate patches below 16.
+val_dataloader = dict(
+    dataset=dict(pipeline={{_base_.test_pipelines.crop_ratio_1}}))
 test_dataloader = val_dataloader
 """
     previous = previous_stage(family, arch, size, patch, stage)

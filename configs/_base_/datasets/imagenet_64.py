@@ -12,17 +12,21 @@ train_pipeline = [
     {{_base_.random_erasing}},
     dict(type='PackInputs'),
 ]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(
-        type='ResizeEdge',
-        scale=73,
-        edge='short',
-        backend='pillow',
-        interpolation='bicubic'),
-    dict(type='CenterCrop', crop_size=64),
-    dict(type='PackInputs'),
-]
+test_pipelines = {
+    name: [
+        dict(type='LoadImageFromFile'),
+        dict(
+            type='ResizeEdge',
+            scale=int(64 / crop_ratio),
+            edge='short',
+            backend='pillow',
+            interpolation='bicubic'),
+        dict(type='CenterCrop', crop_size=64),
+        dict(type='PackInputs'),
+    ]
+    for name, crop_ratio in (('crop_ratio_0875', 0.875), ('crop_ratio_1', 1.0))
+}
+test_pipeline = test_pipelines['crop_ratio_0875']
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
