@@ -35,6 +35,7 @@ import platform
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -92,13 +93,25 @@ def probe_memory(args, kind, name, l):
 
 
 def cpu_model():
-    """The processor's name (timings differ 2-3x between CPU models)."""
+    """The processor: its name, family/model and L1 data cache (timings
+    differ 2-3x between CPU models, and "AMD EPYC" alone names several)."""
+    info = {}
     try:
         with open('/proc/cpuinfo') as f:
-            names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
+            for line in f:
+                key, _, value = line.partition(':')
+                info.setdefault(key.strip(), value.strip())
     except OSError:
-        names = []
-    return names[0] if names else (platform.processor() or 'unknown CPU')
+        pass
+    name = info.get('model name') or platform.processor() or 'unknown CPU'
+    if 'cpu family' in info:
+        name += f", family {info['cpu family']} model {info.get('model', '?')}"
+    try:
+        l1d = Path('/sys/devices/system/cpu/cpu0/cache/index0/size').read_text().strip()
+        name += f', L1d {l1d}'
+    except OSError:
+        pass
+    return name
 
 
 def matmul_peak_gflops(size=1024, repeats=10):
