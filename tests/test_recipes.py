@@ -117,6 +117,8 @@ def test_classification_recipe(path, configs):
             assert (t.brightness, t.contrast, t.saturation) == (0.3, 0.3, 0.3)
     assert cfg.model.head.loss.label_smooth_val == smoothing
     assert cfg.train_dataloader.sampler.type == sampler
+    # Figure 1's axis beside top-1.
+    assert [e.type for e in cfg.test_evaluator] == ['Accuracy', 'patchscale_mm.ClsTestLoss']
 
 
 @pytest.mark.parametrize('path', CLS, ids=lambda p: p.stem)
@@ -159,6 +161,7 @@ def test_downstream_recipe(path):
     if '/seg/' in str(path):
         assert (optimizer.lr, optimizer.weight_decay) == (5e-5, 0.01)
         assert cfg.train_cfg.max_iters == 160000
+        assert [e.type for e in cfg.test_evaluator] == ['IoUMetric', 'patchscale_mm.SegTestLoss']
     else:
         assert (optimizer.lr, optimizer.weight_decay) == (1e-4, 0.05)
         assert cfg.train_cfg.max_epochs == 12

@@ -3,3 +3,10 @@
 # reduce_zero_label), batch 2 per GPU: 16 on 8 GPUs, as in the paper.
 _base_ = 'mmseg::_base_/datasets/ade20k.py'
 train_dataloader = dict(batch_size=2)
+# mIoU and the test loss (pixel-averaged cross-entropy), the paper's Figure 1
+# axis.
+val_evaluator = [
+    dict(type='IoUMetric', iou_metrics=['mIoU']),
+    dict(type='patchscale_mm.SegTestLoss')
+]
+test_evaluator = val_evaluator

@@ -81,6 +81,11 @@ val_dataloader = dict(
         pipeline=test_pipeline),
     sampler=dict(type='DefaultSampler', shuffle=False),
 )
-val_evaluator = dict(type='Accuracy', topk=(1, 5))
+# Top-1/5 and the test loss, the paper's Figure 1 axis
+# (tools/analysis/fit_scaling_law.py fits it across patch sizes).
+val_evaluator = [
+    dict(type='Accuracy', topk=(1, 5)),
+    dict(type='patchscale_mm.ClsTestLoss')
+]
 test_dataloader = val_dataloader
 test_evaluator = val_evaluator
