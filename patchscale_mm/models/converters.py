@@ -55,34 +55,18 @@ class ConversionError(CheckpointError):
 
 @dataclass(frozen=True)
 class KeyRule:
-    """``pattern`` (full match on a source key) -> ``targets``.
-
-    Targets are ``re.Match.expand`` templates (``\\1`` = first group). Several
-    targets split the tensor into that many equal chunks along dim 0, in
-    order (a fused projection).
-    """
+    """``pattern`` (full match on a source key) -> ``target``, a
+    ``re.Match.expand`` template (``\\1`` = first group)."""
     pattern: str
-    targets: Tuple[str, ...]
+    target: str
 
-    def apply(self, key: str, value: torch.Tensor
-              ) -> Optional[List[Tuple[str, torch.Tensor]]]:
+    def apply(self, key: str) -> Optional[str]:
         match = re.fullmatch(self.pattern, key)
-        if match is None:
-            return None
-        names = [match.expand(t) for t in self.targets]
-        if len(names) == 1:
-            return [(names[0], value)]
-        if value.shape[0] % len(names):
-            raise ConversionError(
-                f'{key} of shape {tuple(value.shape)} cannot be split into '
-                f'{len(names)} equal parts ({", ".join(names)})')
-        return list(zip(names, value.chunk(len(names), dim=0)))
+        return None if match is None else match.expand(self.target)
 
 
 def _rules(*pairs) -> Tuple[KeyRule, ...]:
-    return tuple(
-        KeyRule(p, (t, ) if isinstance(t, str) else tuple(t))
-        for p, t in pairs)
+    return tuple(KeyRule(p, t) for p, t in pairs)
 
 
 # timm VisionTransformer (and facebookresearch/deit, which is built on it).
@@ -244,18 +228,15 @@ def map_keys(state_dict: StateDict, rules: Sequence[KeyRule]
     """
     mapped, sources, unmatched = OrderedDict(), {}, []
     for key, value in state_dict.items():
-        for rule in rules:
-            pairs = rule.apply(key, value)
-            if pairs is not None:
-                break
-        else:
+        target = next((t for t in (r.apply(key) for r in rules) if t is not None),
+                      None)
+        if target is None:
             unmatched.append(key)
             continue
-        for target, tensor in pairs:
-            if target in mapped:
-                raise ConversionError(f'{sources[target]} and {key} both map '
-                                      f'to {target}')
-            mapped[target], sources[target] = tensor, key
+        if target in mapped:
+            raise ConversionError(f'{sources[target]} and {key} both map '
+                                  f'to {target}')
+        mapped[target], sources[target] = value, key
     return mapped, sources, unmatched
 
 
