@@ -81,6 +81,12 @@ def main(argv: Optional[Sequence[str]] = None):
         raise SystemExit(f'error: {e}') from None
 
 
+def is_first_rank() -> bool:
+    """Rank 0 of a launched job, or a single process (before the process
+    group exists, from the launcher's environment)."""
+    return int(os.environ.get('RANK', 0)) == 0
+
+
 def amp_to_fp32_without_cuda(cfg) -> None:
     """The recipes train in bf16 mixed precision (MMEngine's
     AmpOptimWrapper, which needs CUDA); without a GPU the same config
@@ -92,7 +98,7 @@ def amp_to_fp32_without_cuda(cfg) -> None:
     wrapper.type = 'OptimWrapper'
     for key in ('dtype', 'loss_scale', 'use_fsdp'):
         wrapper.pop(key, None)
-    if int(os.environ.get('RANK', 0)) == 0:
+    if is_first_rank():
         print('no CUDA device: training in float32 (the config\'s '
               'AmpOptimWrapper needs CUDA)', flush=True)
 
@@ -115,8 +121,8 @@ def preflight(cfg, args):
         problems += filter(None, [memory_problem(cfg)])
     if problems:
         # Every rank finds the same problems; one of them says so.
-        first = int(os.environ.get('RANK', 0)) == 0
-        raise SystemExit(format_problems(problems, args.config) if first else 2)
+        raise SystemExit(format_problems(problems, args.config)
+                         if is_first_rank() else 2)
 
 
 if __name__ == '__main__':
