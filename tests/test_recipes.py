@@ -59,7 +59,7 @@ def configs():
 
 
 def test_every_classification_config_is_covered(configs):
-    assert len(configs) == 196
+    assert len(configs) == 216
 
 
 @pytest.mark.parametrize('path', CLS, ids=lambda p: p.stem)
@@ -165,6 +165,10 @@ def test_downstream_recipe(path):
     else:
         assert (optimizer.lr, optimizer.weight_decay) == (1e-4, 0.05)
         assert cfg.train_cfg.max_epochs == 12
+        # Figure 1's axis: the detector's own loss on the test set.
+        assert 'patchscale_mm.EvalLossHook' in [h.type for h in cfg.custom_hooks]
+        assert {'patchscale_mm.WeightsOnlyCheckpointHook',
+                'patchscale_mm.NonFiniteLossHook'} <= {h.type for h in cfg.custom_hooks}
     assert cfg.train_dataloader.batch_size * 8 == cfg.auto_scale_lr.base_batch_size == 16
 
 
@@ -178,3 +182,63 @@ def test_fits_an_80gb_gpu(path, monkeypatch):
     estimate = estimate_training_memory(cfg, device='cuda')
     assert estimate.precision == 'amp'
     assert estimate.total() <= 0.9 * 80 * 2**30, estimate.total() / 2**30
+
+
+CHECKPOINT = re.compile(r'work_dirs/(?P<stem>[\w-]+)/epoch_(?P<epoch>\d+)\.pth')
+
+
+def chain(path):
+    """The configs a classification config's training loads, last first,
+    down to its pretraining (which loads nothing)."""
+    links = []
+    while True:
+        cfg = Config.fromfile(str(path))
+        links.append((path, cfg))
+        if not cfg.load_from:
+            return links
+        m = CHECKPOINT.fullmatch(cfg.load_from)
+        path = ROOT / 'configs' / 'cls' / f"{m['stem']}.py"
+        assert path.exists(), cfg.load_from
+        # The previous stage's last epoch.
+        assert Config.fromfile(str(path)).train_cfg.max_epochs == int(m['epoch'])
+
+
+# Sec. 3.2: the same patch size in classification pretraining and downstream
+# finetuning; Table 3's detection patches.
+TABLE3_PATCHES = dict(t=(32, 16, 8, 4, 2), b=(64, 32, 16, 8, 4))
+
+
+@pytest.mark.parametrize('path', SEG_DET, ids=lambda p: p.stem)
+def test_downstream_starts_from_a_classifier_at_its_patch(path):
+    cfg = Config.fromfile(str(path))
+    m = CHECKPOINT.fullmatch(cfg.model.backbone.init_cfg.checkpoint)
+    classifier = ROOT / 'configs' / 'cls' / f"{m['stem']}.py"
+    assert classifier.exists(), m['stem']
+    family, arch, patch, size, stage = parse(classifier)
+    assert (family, arch, patch, stage) == ('adv', cfg.model.backbone.arch,
+                                            cfg.model.backbone.patch_size, 'finetune')
+    assert size % patch == 0 and size >= 224
+    assert len(chain(classifier)) == 3
+    if '/det/' in str(path):
+        assert cfg.model.backbone.img_size == size
+
+
+def test_every_table3_patch_has_a_detection_config():
+    for arch, patches in TABLE3_PATCHES.items():
+        for patch in patches:
+            assert (ROOT / f'configs/det/adv_{arch}_p{patch}_cascade-mask-rcnn_coco_1x.py').exists()
+
+
+def test_input_size_scaling_keeps_the_sequence_length():
+    """Figure 4 at 2x and 4x the 224 px input, and Sec. 4.3's B/16 at 448 px:
+    every stage has the tokens of the chain it is compared with."""
+    reference = [(8, 'pretrain'), (14, 'intermediate'), (14, 'finetune')]
+    for patch, size in ((32, 448), (64, 896)):
+        links = chain(ROOT / f'configs/cls/adv_b_p{patch}_in1k_{size}_finetune.py')
+        assert [(parse(p)[3] // patch, parse(p)[4]) for p, _ in reversed(links)] == reference
+    links = chain(ROOT / 'configs/cls/adv_b_p16_in1k_448_finetune.py')
+    assert (448 // 16)**2 == (224 // 8)**2 == 784
+    assert [parse(p)[3] for p, _ in reversed(links)] == [128, 448, 448]
+    readme = (ROOT / 'README.md').read_text()
+    # Sec. 4.3: 0.4 above B/8 at 224 px (83.9, Table 1).
+    assert re.search(r'\| Adventurer-B \(finetune\) \| 16 \| 448px \| 784 \| 84\.3 \|', readme)

@@ -61,3 +61,52 @@ def test_seg_test_loss_ignore_index_is_configurable():
     result = evaluate(SegTestLoss(ignore_index=0), [seg_sample(logits, label)])
     expected = F.cross_entropy(logits[None], label[None], ignore_index=0).item()
     assert abs(result['test/loss'] - expected) < 1e-5 * expected
+
+
+def test_detector_eval_loss_is_its_mean_training_loss_on_the_test_set(tmp_path):
+    """EvalLossHook through mmdet's Runner on the COCO fixture: ``test/loss``
+    equals the image-weighted mean of ``parse_losses(model.loss(...))`` over
+    the test set, computed by a plain loop (deterministic samplers, so that
+    one draw is every draw); a pipeline without annotations skips them."""
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    from patchscale_mm.datasets.fixtures import make_coco_fixture
+    root = make_coco_fixture(tmp_path / 'coco', 2, 3)
+    cfg = Config.fromfile('tests/configs/det_tiny.py')
+    cfg.work_dir = str(tmp_path / 'work')
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        cfg[loader].dataset.data_root = f'{root}/'
+    cfg.test_evaluator.ann_file = f'{root}/annotations/instances_val2017.json'
+    cfg.val_evaluator.ann_file = cfg.test_evaluator.ann_file
+    cfg.test_dataloader.batch_size = 2
+    pseudo = dict(type='PseudoSampler')
+    cfg.model.train_cfg.rpn.sampler = pseudo
+    for stage in cfg.model.train_cfg.rcnn:
+        stage.sampler = pseudo
+    cfg.default_hooks.logger.interval = 1
+    runner = Runner.from_cfg(cfg)
+    metrics = runner.test()
+    assert [h for h in runner.hooks if type(h).__name__ == 'EvalLossHook']
+
+    model = runner.model.eval()
+    total, images = 0.0, 0
+    with torch.no_grad():
+        for batch in runner.test_dataloader:
+            data = model.data_preprocessor(batch, False)
+            losses = model(**data, mode='loss')
+            loss = sum(v.sum() if isinstance(v, torch.Tensor) else sum(v)
+                       for k, v in losses.items() if 'loss' in k)
+            total += float(loss) * len(batch['data_samples'])
+            images += len(batch['data_samples'])
+    assert images == 3
+    assert abs(metrics['test/loss'] - total / images) <= 1e-5 * total / images
+    assert 'coco/bbox_mAP' in metrics
+
+    # Without annotations in the pipeline: no loss, the images counted.
+    cfg.test_dataloader.dataset.pipeline = [
+        t for t in cfg.test_dataloader.dataset.pipeline if t.type != 'LoadAnnotations']
+    cfg.test_evaluator = dict(type='DumpDetResults', out_file_path=str(tmp_path / 'p.pkl'))
+    cfg.work_dir = str(tmp_path / 'work2')
+    metrics = Runner.from_cfg(cfg).test()
+    assert 'test/loss' not in metrics

@@ -18,7 +18,8 @@ model = dict(
 # 64 images per GPU fit an 80 GB GPU: the batch of 4096
 # takes 64 GPUs.
 train_dataloader = dict(batch_size=64)
-# Evaluated at crop ratio 1.0, as the authors evaluate patches below 16.
+# Evaluated at crop ratio 1.0, as the authors evaluate patches below 16
+# and inputs above 224 px.
 val_dataloader = dict(
     dataset=dict(pipeline={{_base_.test_pipelines.crop_ratio_1}}))
 test_dataloader = val_dataloader

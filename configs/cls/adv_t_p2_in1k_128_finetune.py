@@ -15,7 +15,8 @@ model = dict(
         # Activation checkpointing: fits an 80 GB GPU.
         with_cp=True),
     head=dict(in_channels=256, loss=dict(label_smooth_val=0.1)))
-# Evaluated at crop ratio 1.0, as the authors evaluate patches below 16.
+# Evaluated at crop ratio 1.0, as the authors evaluate patches below 16
+# and inputs above 224 px.
 val_dataloader = dict(
     dataset=dict(pipeline={{_base_.test_pipelines.crop_ratio_1}}))
 test_dataloader = val_dataloader

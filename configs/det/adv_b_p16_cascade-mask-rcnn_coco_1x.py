@@ -18,3 +18,6 @@ model = dict(
             checkpoint='work_dirs/adv_b_p16_in1k_224_finetune/epoch_20.pth',
             prefix='backbone.')),
     neck=dict(in_channels=768, in_stride=16))
+# Figure 1's axis beside box and mask AP: the detector's own loss on the
+# evaluation set, test/loss (tools/analysis/fit_scaling_law.py).
+custom_hooks = [*_base_.custom_hooks, dict(type='patchscale_mm.EvalLossHook')]

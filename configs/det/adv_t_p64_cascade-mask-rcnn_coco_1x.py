@@ -11,10 +11,13 @@ model = dict(
         arch='t',
         img_size=256,
         patch_size=64,
-        # Classification stage 3: configs/cls/adv_t_p16_in1k_224_finetune.py
-        # (no classifier at this patch: patch 16, resized on load).
+        # Classification stage 3: configs/cls/adv_t_p64_in1k_256_finetune.py
+        # (position grid interpolated to the input).
         init_cfg=dict(
             type='Pretrained',
-            checkpoint='work_dirs/adv_t_p16_in1k_224_finetune/epoch_20.pth',
+            checkpoint='work_dirs/adv_t_p64_in1k_256_finetune/epoch_20.pth',
             prefix='backbone.')),
     neck=dict(in_channels=256, in_stride=64))
+# Figure 1's axis beside box and mask AP: the detector's own loss on the
+# evaluation set, test/loss (tools/analysis/fit_scaling_law.py).
+custom_hooks = [*_base_.custom_hooks, dict(type='patchscale_mm.EvalLossHook')]

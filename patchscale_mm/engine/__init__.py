@@ -2,12 +2,13 @@ from .checkpoint_io import (AtomicLocalBackend, CheckpointError,
                             UnsafeCheckpointError, atomic_write,
                             check_checkpoint_file, find_resumable_checkpoint,
                             guard_checkpoint_loaders)
+from .eval_loss_hook import EvalLossHook
 from .non_finite_loss_hook import NonFiniteLossError, NonFiniteLossHook
 from .resumable_checkpoint_hook import ResumableCheckpointHook
 from .weights_only_checkpoint_hook import WeightsOnlyCheckpointHook
 
 __all__ = [
-    'AtomicLocalBackend', 'CheckpointError', 'NonFiniteLossError',
+    'AtomicLocalBackend', 'CheckpointError', 'EvalLossHook', 'NonFiniteLossError',
     'NonFiniteLossHook', 'ResumableCheckpointHook', 'UnsafeCheckpointError',
     'WeightsOnlyCheckpointHook', 'atomic_write', 'check_checkpoint_file',
     'find_resumable_checkpoint', 'guard_checkpoint_loaders'

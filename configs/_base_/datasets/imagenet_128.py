@@ -24,7 +24,7 @@ test_pipelines = {
         dict(type='CenterCrop', crop_size=128),
         dict(type='PackInputs'),
     ]
-    for name, crop_ratio in (('crop_ratio_0875', 0.875), ('crop_ratio_1', 1.0))
+    for name, crop_ratio in _base_.test_crop_ratios.items()
 }
 test_pipeline = test_pipelines['crop_ratio_0875']
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
