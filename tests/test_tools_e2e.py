@@ -76,6 +76,39 @@ def test_train_then_test(data, tmp_path, task, config, checkpoint, metrics):
     for name in metrics:
         assert 0 <= metric(log, name) <= 100
     assert out.is_file() and out.stat().st_size > 0
+    check_pictures(task, config, ckpt, options, tmp_path, out)
+
+
+def check_pictures(task, config, ckpt, options, tmp_path, predictions):
+    """--show-dir draws the first N test images through the task's own
+    visualizer; --tta (segmentation, detection) runs and reports a metric."""
+    import mmcv
+    from mmengine.fileio import load
+    show = tmp_path / 'show'
+    log = run([sys.executable, 'tools/test.py', f'tests/configs/{config}',
+               str(ckpt), '--work-dir', str(tmp_path / 'show_work'),
+               '--show-dir', str(show), '--show-limit', '3'] +
+              (['--tta'] if task != 'cls' else []) + options)
+    if task != 'cls':
+        assert metric(log, 'mIoU' if task == 'seg' else 'coco/bbox_mAP') >= 0
+    pictures = sorted(show.glob('*.png'))
+    assert len(pictures) == 3
+    by_stem = {Path(p['img_path']).stem: p for p in load(predictions)}
+    for picture in pictures:
+        drawn = mmcv.imread(picture, channel_order='rgb').astype(int)
+        sample = by_stem[picture.stem]
+        image = mmcv.imread(sample['img_path'], channel_order='rgb').astype(int)
+        if task == 'cls':  # class names and scores written on the image
+            image = mmcv.imresize(image.astype('uint8'), drawn.shape[1::-1]).astype(int)
+            assert drawn.shape == image.shape and (drawn != image).any()
+            continue
+        # Ground truth on the left, prediction on the right.
+        height, width = image.shape[:2]
+        assert drawn.shape == (height, 2 * width, 3)
+        truth, prediction = drawn[:, :width], drawn[:, width:]
+        assert (truth != image).any()
+        drawn_any = task == 'seg' or bool((sample['pred_instances']['scores'] >= 0.3).any())
+        assert (prediction != image).any() == drawn_any
 
 
 def test_resume_continues_from_the_last_checkpoint(data, tmp_path):
@@ -194,3 +227,22 @@ def test_run_releases_the_model_before_the_process_group(monkeypatch):
         gc.enable()
     assert collected_while_initialized == [True]
     assert not dist.is_initialized()
+
+
+def test_tensorboard_backend_from_the_command_line(data, tmp_path):
+    """MMEngine's TensorBoard backend through --cfg-options: the training
+    loss, learning rate and the validation metrics reach the event file."""
+    from tensorboard.backend.event_processing.event_accumulator import \
+        EventAccumulator
+    work_dir = tmp_path / 'work'
+    options = data_options('cls', data['cls'])
+    run([sys.executable, 'tools/train.py', 'tests/configs/cls_tiny.py',
+         '--work-dir', str(work_dir)] + options +
+        ['visualizer.vis_backends.0.type=TensorboardVisBackend'])
+    events, = work_dir.glob('*/vis_data/events.out.tfevents.*')
+    accumulator = EventAccumulator(str(events.parent))
+    accumulator.Reload()
+    tags = set(accumulator.Tags()['scalars'])
+    assert {'loss', 'lr', 'accuracy/top1', 'test/loss'} <= tags, tags
+    losses = [e.value for e in accumulator.Scalars('loss')]
+    assert len(losses) >= 2 and all(0 < v < 20 for v in losses)

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
+from mmengine.model import BaseTTAModel, is_model_wrapper
 
 from patchscale_mm.registry import HOOKS
 
@@ -24,7 +24,8 @@ class EvalLossHook(Hook):
 
     The model stays in eval mode (no drop path); losses that sample (a
     detector's RPN and RoI samplers) are those of one draw. Batches without
-    ground truth (e.g. COCO test-dev) are skipped and counted in the log.
+    ground truth (e.g. COCO test-dev), and test-time augmentation, are
+    skipped and counted in the log.
 
     Args:
         prefix (str): Metric prefix; ``'test'`` matches ``ClsTestLoss`` and
@@ -63,11 +64,14 @@ class EvalLossHook(Hook):
     @torch.no_grad()
     def _accumulate(self, runner, data_batch) -> None:
         samples = data_batch['data_samples']
-        if not all(_has_ground_truth(sample) for sample in samples):
-            self._skipped += len(samples)
-            return
         model = runner.model.module if is_model_wrapper(
             runner.model) else runner.model
+        # Under test-time augmentation (views of each image) the training
+        # loss is not defined.
+        if isinstance(model, BaseTTAModel) or not all(
+                _has_ground_truth(sample) for sample in samples):
+            self._skipped += len(samples)
+            return
         data = model.data_preprocessor(data_batch, False)
         loss, _ = model.parse_losses(model(**data, mode='loss'))
         self._total += float(loss) * len(samples)
@@ -84,7 +88,8 @@ class EvalLossHook(Hook):
         total, images, skipped = counts.tolist()
         if skipped:
             runner.logger.info(f'{self.prefix}/loss: {int(skipped)} images '
-                               'without ground truth skipped')
+                               'without ground truth or under test-time '
+                               'augmentation skipped')
         if metrics is not None and images:
             metrics[f'{self.prefix}/loss'] = total / images
 

@@ -11,3 +11,11 @@ except ImportError:
     pass
 else:
     __all__.append('LinearSegHead')
+
+# Likewise the instance-segmentation TTA model extends mmdet's DetTTAModel.
+try:
+    from .instance_seg_tta import InstanceSegTTAModel  # noqa: F401
+except ImportError:
+    pass
+else:
+    __all__.append('InstanceSegTTAModel')

@@ -58,3 +58,16 @@ test_dataloader = val_dataloader
 train_cfg = dict(max_epochs=1)
 default_hooks = dict(logger=dict(interval=1))
 randomness = dict(seed=0)
+tta_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(
+        type='TestTimeAug',
+        transforms=[
+            [dict(type='Resize', scale=s, keep_ratio=True) for s in ((96, 96), (128, 128))],
+            [dict(type='RandomFlip', prob=1.0), dict(type='RandomFlip', prob=0.0)],
+            [dict(type='LoadAnnotations', with_bbox=True, with_mask=True)],
+            [dict(type='PackDetInputs',
+                  meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                             'scale_factor', 'flip', 'flip_direction'))],
+        ])
+]

@@ -10,3 +10,6 @@ val_evaluator = [
     dict(type='patchscale_mm.SegTestLoss')
 ]
 test_evaluator = val_evaluator
+# Test-time augmentation (tools/test.py --tta): mmseg's multi-scale (0.5 to
+# 1.75) and flip views of tta_pipeline, logits averaged.
+tta_model = dict(type='SegTTAModel')
