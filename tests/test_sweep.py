@@ -50,12 +50,194 @@ def test_sweep_end_to_end(tmp_path):
     assert (tmp_path / 'sweep' / 'scaling_law.png').stat().st_size > 0
     fits = json.loads((tmp_path / 'sweep' / 'fits.json').read_text())
     assert set(fits) == {'seg/adventurer', 'cls/adventurer'}
+    # Two patch sizes per group: points, no law.
+    assert all(f['fitted'] is False and 'r2' not in f for f in fits.values())
     assert 'test loss' in out.stdout and 'power-law fits' in out.stdout
+    assert '2 points: no fit' in out.stdout and 'R²' not in out.stdout
+    # Each run's line tells the sweep's progress; the first cannot guess.
+    starts = re.findall(r'\[(\d)/4\] \w+: .*; sweep (\d+)%, (.*)', out.stdout)
+    assert [s[0] for s in starts] == ['1', '2', '3', '4'], out.stdout
+    assert starts[0][1:] == ('0', 'time left known after the first run')
+    assert all(re.fullmatch(r'about \d+ (s|min) left', s[2])
+               for s in starts[1:])
+    assert all(0 < int(s[1]) < 100 for s in starts[1:])
+    check_predictions(tmp_path / 'sweep', records)
+    assert out.stdout.count('predicted 4 held-out scenes') == 2
 
-    # A second call reuses the finished runs instead of training again.
+    # A second call reuses the finished runs instead of training again, and
+    # redraws predictions.png from the kept predictions, with no model.
+    (tmp_path / 'sweep' / 'predictions.png').unlink()
     again = sweep_cli(*tiny)
     assert again.returncode == 0
     assert again.stdout.count('already in results.json') == 4
+    assert 'predicted' not in again.stdout
+    check_predictions(tmp_path / 'sweep', records)
+
+
+def check_predictions(work_dir: Path, records: list):
+    """predictions.png holds the image row, the ground-truth row and one row
+    per segmentation run, each panel its run's kept label map in the
+    shared palette, at the pixels predictions.json tells."""
+    import numpy as np
+    from PIL import Image
+    layout = json.loads((work_dir / 'predictions.json').read_text())
+    seg = [r for r in records if r['task'] == 'seg']
+    assert layout['rows'][:2] == [dict(row='image'), dict(row='ground truth')]
+    assert [(r['family'], r['patch']) for r in layout['rows'][2:]] == [
+        (r['family'], r['patch']) for r in seg]
+    assert layout['scenes'] == [0, 1, 2, 3]
+    (ph, pw), gap, scale = layout['panel'], layout['gap'], layout['scale']
+    assert (ph, pw) == (32 * scale, 32 * scale)
+    rows, cols = len(layout['rows']), len(layout['scenes'])
+    png = np.asarray(Image.open(work_dir / 'predictions.png').convert('RGB'))
+    assert png.shape[:2] == (rows * ph + (rows - 1) * gap +
+                             layout['legend_height'],
+                             layout['label_width'] + cols * pw +
+                             (cols - 1) * gap)
+
+    def panel(r, c):  # back at the scene's own pixels
+        x, y = layout['label_width'] + c * (pw + gap), r * (ph + gap)
+        return png[y:y + ph:scale, x:x + pw:scale]
+
+    palette = np.array(layout['palette'], np.uint8)
+    assert len(palette) == 11  # the scenes' own: background + 10 garments
+    truth = [panel(1, c) for c in range(cols)]
+    for c in range(cols):  # ground truth in the palette, garments in it
+        colors = {tuple(v) for v in truth[c].reshape(-1, 3)}
+        assert tuple(palette[0]) in colors and len(colors) >= 2
+        assert colors <= {tuple(v) for v in palette}
+    drawn = []
+    for r, row in enumerate(layout['rows'][2:], 2):
+        kept = np.load(row['predictions'])
+        assert kept.shape == (cols, 32, 32)
+        drawn.append([panel(r, c) for c in range(cols)])
+        for c in range(cols):
+            assert (drawn[-1][c] == palette[kept[c]]).all()
+    # Three training steps do not segment the garments: every model's
+    # panels differ from the ground truth somewhere.
+    for panels in drawn:
+        assert any((p != t).any() for p, t in zip(panels, truth))
+
+
+def test_sweep_progress_weighs_runs_by_their_measured_cost():
+    runs = sweep.plan_runs(['seg', 'cls'], ['vit', 'adventurer'],
+                           dict(seg=[8, 4, 2], cls=[8]),
+                           dict(seg=100, cls=50))
+    names = [r.name for r in runs]
+    assert names[:3] == ['seg_vit_p8', 'seg_vit_p4', 'seg_vit_p2']
+    # Nothing timed: no ETA; done by steps x tokens. 100 * 16 of
+    # 2 * 100 * (16 + 64 + 256) + 2 * 50 * 16.
+    assert sweep.sweep_progress(runs, {}) == (0., None)
+    percent, left = sweep.sweep_progress(runs, {'seg_vit_p8': None})
+    assert percent == pytest.approx(100 * 1600 / 68800) and left is None
+
+    # One token count timed: seconds per step proportional to the tokens
+    # (0.2 s/step at 16). The adventurer and cls runs have no timing of
+    # their own: the seg vit one stands in for them.
+    percent, left = sweep.sweep_progress(runs, {'seg_vit_p8': 20.})
+    per_token = .2 / 16
+    expected_left = (100 * per_token * (64 + 256) +       # vit p4, p2
+                     100 * per_token * (16 + 64 + 256) +  # adventurer
+                     50 * per_token * (16 + 16))          # cls
+    assert left == pytest.approx(expected_left)
+    assert percent == pytest.approx(100 * 20 / (20 + expected_left))
+
+    # Two token counts: a fixed cost per step plus one per token, fitted
+    # through 0.2 s/step at 16 tokens and 0.5 at 64 (0.1 + 0.00625 * t).
+    # The adventurer's one timed run (0.4 s/step at 16, twice the vit's)
+    # sets its level; the vit's line its shape. No cls run is timed: all
+    # three set the level (mean ratio to the line (1 + 1 + 2) / 3), the
+    # seg vit line the shape. The cls vit run, skipped untimed, counts as
+    # done at that estimate.
+    finished = {'seg_vit_p8': 20., 'seg_vit_p4': 50., 'seg_adventurer_p8': 40.,
+                'cls_vit_p8': None}
+    percent, left = sweep.sweep_progress(runs, finished)
+    vit_p2 = 100 * (.1 + .00625 * 256)                  # 170 s
+    adventurer = 100 * 2 * (.5 + 1.7)                   # p4, p2: 440 s
+    cls = 50 * 4 / 3 * .2                               # 13.3 s each
+    assert left == pytest.approx(vit_p2 + adventurer + cls)
+    done = 20 + 50 + 40 + cls
+    assert percent == pytest.approx(100 * done / (done + left))
+
+    # Noise beyond the token effect: the mean cost per step; a negative
+    # fixed part: proportional to the tokens, by least squares.
+    seg = runs[:3]
+    assert sweep.sweep_progress(seg, {'seg_vit_p8': 30., 'seg_vit_p4': 20.}
+                                )[1] == pytest.approx(100 * .25)
+    assert sweep.sweep_progress(seg, {'seg_vit_p8': 10., 'seg_vit_p4': 70.}
+                                )[1] == pytest.approx(
+                                    100 * 256 * (16 * .1 + 64 * .7) /
+                                    (16**2 + 64**2))
+
+    # Everything done: 100 %, nothing left.
+    every = {name: 10. for name in names}
+    assert sweep.sweep_progress(runs, every) == (100., 0.)
+    assert sweep.progress_note(runs, finished) == \
+        f'sweep {percent:.0f}%, about 10 min left'
+    assert [sweep.format_duration(s) for s in (40, 150, 7200)] == [
+        '40 s', '2 min', '2.0 h']
+
+
+def _synthetic_records(patches, family='vit', task='cls'):
+    return [dict(task=task, family=family, patch=p, test_loss=2. * p**.1)
+            for p in patches]
+
+
+def test_two_patch_sizes_are_points_not_a_law(tmp_path):
+    from patchscale_mm.analysis.scaling_law import NoFit, fit_records
+    records = (_synthetic_records([8, 4]) +
+               _synthetic_records([8, 4, 2], 'adventurer') +
+               _synthetic_records([16, 8, 4], 'vit', 'seg'))
+    lines = []
+    fits = sweep.fit_and_plot(records, tmp_path, lines.append)
+    two = fits[('cls', 'vit')]
+    assert isinstance(two, NoFit) and two.slope == pytest.approx(.1)
+    assert not hasattr(two, 'r2') and not hasattr(two, 'se_b')
+    # NaN would make fits.json unreadable by strict parsers.
+    def no_nan(value):
+        raise AssertionError(f'{value} in fits.json')
+    saved = json.loads((tmp_path / 'fits.json').read_text(),
+                       parse_constant=no_nan)
+    assert saved['cls/vit'] == dict(fitted=False, n=2, patch_sizes=2,
+                                    note='2 points: no fit',
+                                    slope=pytest.approx(.1))
+    text = '\n'.join(lines)
+    assert 'cls vit: 2 points: no fit, slope 0.100 between patches 8 and 4' \
+        in text
+    assert 'nan' not in text
+    # Three patch sizes fit as before, with an error and R².
+    three = fits[('cls', 'adventurer')]
+    assert (three.a, three.b) == pytest.approx((2., .1))
+    assert saved['cls/adventurer']['fitted'] is True
+    assert saved['cls/adventurer']['r2'] == pytest.approx(1.)
+    assert 'cls adventurer: loss = 2 * p^0.100 (b ± 0.000, R² 1.000)' in text
+    assert (tmp_path / 'scaling_law.png').stat().st_size > 0
+
+    # The offset law needs a fourth: three sizes are points there, with
+    # no slope (it is not the exponent of a law with an offset).
+    fits, errors = fit_records(records, offset=True)
+    assert not errors
+    assert fits[('cls', 'adventurer')] == NoFit(3, 3, None)
+    assert fits[('cls', 'vit')].note == '2 points: no fit'
+
+
+def test_fit_scaling_law_cli_lists_a_two_point_group_without_r2(
+        tmp_path, capsys):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        'fit_scaling_law', ROOT / 'tools/analysis/fit_scaling_law.py')
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    path = tmp_path / 'results.json'
+    path.write_text(json.dumps(_synthetic_records([8, 4]) +
+                               _synthetic_records([8, 4, 2], 'adventurer')))
+    assert cli.main([str(path)]) == 0
+    rows = [r for r in capsys.readouterr().out.splitlines()
+            if r.startswith('| cls')]
+    assert rows[0] == ('| cls | vit | 2 | slope 0.1 | — | — | '
+                       '2 points: no fit |')
+    assert rows[1].startswith('| cls | adventurer | 3 | 0.1 ± ')
+    assert (tmp_path / 'scaling_law.png').is_file()
 
 
 @pytest.mark.parametrize('args,message', [

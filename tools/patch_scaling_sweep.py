@@ -13,9 +13,11 @@ dataset-fashion-mnist):
 Every run goes through tools/train.py and the real mmseg / mmpretrain
 Runners, on configs inheriting from the paper's recipes (configs/sweep/).
 The work dir gets results.json / results.csv (one record per run),
-fits.json, scaling_law.png and each run's logs and config. The same command
-again skips the finished runs and resumes an interrupted one from its last
-checkpoint.
+fits.json, scaling_law.png, predictions.png (the first held-out scenes, their
+ground truth and every segmentation run's prediction) and each run's logs
+and config. Each run's line tells the sweep's progress and the time left,
+estimated from the runs done. The same command again skips the finished runs
+and resumes an interrupted one from its last checkpoint.
 
     python tools/patch_scaling_sweep.py
     python tools/patch_scaling_sweep.py --full         # cls to patch 1, hours
@@ -171,6 +173,7 @@ def main(argv=None):
     records = sweep.load_results(work_dir / 'results.json')
     log(f'{len(runs)} runs: ' + ', '.join(
         f'{r.name} ({r.tokens} tokens, {r.steps} steps)' for r in runs))
+    finished = {}  # run name -> seconds it took (None: unknown), for the ETA
     for i, run in enumerate(runs, 1):
         batch = args.batch_size
         key = dict(task=run.task, family=run.family, patch=run.patch,
@@ -180,6 +183,7 @@ def main(argv=None):
                 and (batch is None or r.get('batch_size') == batch)]
         if done and not args.force:
             log(f'[{i}/{len(runs)}] {run.name}: already in results.json')
+            finished[run.name] = done[-1].get('seconds')
             continue
         records = [r for r in records if r not in done]
         run_dir = work_dir / run.name
@@ -195,7 +199,10 @@ def main(argv=None):
         (run_dir / sweep.CONFIG_STAMP).write_text(config_text)
         params, flops = sweep.count_params_and_flops(run, config)
         log(f'[{i}/{len(runs)}] {run.name}: {run.tokens} tokens, '
-            f'{params / 1e6:.3f}M params, {flops / 1e9:.3f} GFLOPs/image')
+            f'{params / 1e6:.3f}M params, {flops / 1e9:.3f} GFLOPs/image; '
+            + sweep.progress_note(runs, finished))
+        # Those of an earlier training would be drawn as this one's.
+        (run_dir / sweep.PREDICTIONS_FILE).unlink(missing_ok=True)
         try:
             seconds = sweep.train(run, config, run_dir, log, resume_from)
         except RuntimeError as e:
@@ -213,8 +220,11 @@ def main(argv=None):
                       work_dir=str(run_dir))
         records.append(record)
         sweep.save_results(records, work_dir)
+        finished[run.name] = seconds
         log(f'    {run.name}: test loss {record["test_loss"]:.4f}, '
             f'{metric_name} {record["metric"]:.2f}, {seconds:.0f}s')
+        if run.task == 'seg':  # while its checkpoint is surely there
+            sweep.run_predictions(record, log=log)
 
     order = {(r.task, r.family, r.patch): i for i, r in enumerate(runs)}
     shown = sorted((r for r in records
@@ -223,6 +233,7 @@ def main(argv=None):
     log('\n' + sweep.format_table(shown))
     log('\npower-law fits of test loss against patch size:')
     sweep.fit_and_plot(shown, work_dir, log)
+    sweep.draw_predictions(shown, work_dir, log)
     log(f'\nresults: {work_dir / "results.json"} ({time.time() - start:.0f}s '
         'in all)')
 

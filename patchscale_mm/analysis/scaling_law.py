@@ -13,6 +13,13 @@ Standard errors come from the residual variance (ordinary least squares
 covariance, and ``scipy.optimize.curve_fit``'s for the offset form); they
 are ``nan`` when there are no residual degrees of freedom.
 
+A law with as many parameters as patch sizes passes through every point
+(R^2 = 1, no standard errors) and tests nothing, so :func:`fit_group` and
+:func:`fit_records` fit only groups with :func:`min_patch_sizes` patch sizes
+(3, or 4 with the offset) and return a :class:`NoFit` for smaller ones: its
+points are shown joined, and with two patch sizes the log-log slope between
+them.
+
 Sweep results are read from ``results.json`` (a list of records with at
 least ``task``, ``family``, ``patch`` and the fitted key, e.g. ``test_loss``)
 or from MMEngine's ``vis_data/scalars.json`` logs (:func:`load_records`).
@@ -56,6 +63,68 @@ class FitResult:
     def predict(self, patches) -> np.ndarray:
         """The fitted loss at the given patch sizes."""
         return self.c + self.a * np.asarray(patches, dtype=float)**self.b
+
+    def as_dict(self) -> dict:
+        """The JSON form, ``fitted`` true; values that are not finite
+        (e.g. R^2 of equal losses) are left out, as JSON has no NaN."""
+        keys = ('a', 'b', 'c', 'se_a', 'se_b', 'se_c', 'r2') if self.offset \
+            else ('a', 'b', 'se_a', 'se_b', 'r2')
+        out = dict(fitted=True, n=self.n)
+        out.update((k, getattr(self, k)) for k in keys
+                   if math.isfinite(getattr(self, k)))
+        return out
+
+
+@dataclass(frozen=True)
+class NoFit:
+    """A group with too few patch sizes for a law to be tested.
+
+    Attributes:
+        sizes (int): Distinct patch sizes ("points" in the note).
+        n (int): Number of records (repeats included).
+        slope (float, optional): With two patch sizes, the log-log slope
+            between their mean losses (the exponent a pure law through
+            them would have), with no standard error or R^2; else None.
+    """
+    sizes: int
+    n: int
+    slope: Optional[float] = None
+
+    @property
+    def note(self) -> str:
+        return f'{self.sizes} points: no fit'
+
+    def as_dict(self) -> dict:
+        """The JSON form (no NaN): ``fitted`` false, the note, the slope."""
+        out = dict(fitted=False, n=self.n, patch_sizes=self.sizes,
+                   note=self.note)
+        if self.slope is not None:
+            out['slope'] = self.slope
+        return out
+
+
+GroupFit = Union[FitResult, NoFit]
+Group = Tuple[str, str]  # (task, family)
+
+
+def min_patch_sizes(offset: bool = False) -> int:
+    """Distinct patch sizes a law is fitted to: one more than it has
+    parameters, so that it can miss a point."""
+    return 4 if offset else 3
+
+
+def two_point_slope(patches: Sequence[float],
+                    losses: Sequence[float]) -> Optional[float]:
+    """The log-log slope between two patch sizes (the mean loss of each),
+    or None for any other number of sizes or a non-positive loss."""
+    p = np.asarray(patches, dtype=float)
+    y = np.asarray(losses, dtype=float)
+    sizes = np.unique(p)
+    if sizes.size != 2 or np.any(y <= 0):
+        return None
+    mean_log = [np.log(y[p == s]).mean() for s in sizes]
+    return float((mean_log[1] - mean_log[0]) /
+                 (np.log(sizes[1]) - np.log(sizes[0])))
 
 
 def _check_points(patches, losses, min_distinct: int,
@@ -123,6 +192,21 @@ def fit_power_law(patches: Sequence[float],
         se_c=math.nan,
         r2=_r2(log_y, residuals),
         n=p.size)
+
+
+def fit_group(patches: Sequence[float], losses: Sequence[float],
+              offset: bool = False) -> GroupFit:
+    """The law fitted to one group, or a :class:`NoFit` when it has fewer
+    than :func:`min_patch_sizes` patch sizes.
+
+    Raises:
+        ValueError: Fewer than 2 distinct patch sizes or bad values.
+    """
+    p, y = _check_points(patches, losses, 2, 'a power-law fit')
+    sizes = np.unique(p).size
+    if sizes < min_patch_sizes(offset):
+        return NoFit(sizes, p.size, two_point_slope(p, y))
+    return fit_offset_power_law(p, y) if offset else fit_power_law(p, y)
 
 
 def _offset_law(log_p, a, b, c):
@@ -315,23 +399,22 @@ def group_records(records: Sequence[dict]) -> Dict[Tuple[str, str], list]:
     return groups
 
 
-def fit_records(
-        records: Sequence[dict],
-        key: str = 'test_loss',
-        offset: bool = False
-) -> Tuple[Dict[Tuple[str, str], FitResult], Dict[Tuple[str, str], str]]:
-    """Fits every ``(task, family)`` group of records.
+def fit_records(records: Sequence[dict],
+                key: str = 'test_loss',
+                offset: bool = False) -> Tuple[Dict[Group, GroupFit],
+                                               Dict[Group, str]]:
+    """Fits every ``(task, family)`` group of records (:func:`fit_group`).
 
     Returns:
         tuple: ``(fits, errors)``, both keyed by ``(task, family)``; a group
-        that cannot be fitted gets its one-line reason in ``errors``.
+        with too few patch sizes gets a :class:`NoFit` in ``fits``, one
+        that cannot be fitted at all its one-line reason in ``errors``.
     """
-    fit = fit_offset_power_law if offset else fit_power_law
     fits, errors = {}, {}
     for group, rows in group_records(records).items():
         try:
-            fits[group] = fit([float(r['patch']) for r in rows],
-                              [float(r[key]) for r in rows])
+            fits[group] = fit_group([float(r['patch']) for r in rows],
+                                    [float(r[key]) for r in rows], offset)
         except (TypeError, ValueError) as e:
             errors[group] = str(e)
     return fits, errors
@@ -341,14 +424,16 @@ def fit_records(
 # Plot
 # ---------------------------------------------------------------------------
 def plot_scaling_law(records: Sequence[dict],
-                     fits: Dict[Tuple[str, str], FitResult],
+                     fits: Dict[Group, GroupFit],
                      path: PathLike,
                      key: str = 'test_loss',
                      dpi: int = 150) -> Path:
     """Log-log plot of ``key`` against patch size, one panel per task.
 
     Points and the fitted curve per family, as in the paper's Figure 1; the
-    x axis runs from large to small patches. Uses the Agg canvas directly, so
+    points of a :class:`NoFit` group are joined by a dashed line and
+    labelled so, never drawn as a law. The x axis runs from large to small
+    patches. Uses the Agg canvas directly, so
     it works headless and leaves pyplot's state alone.
 
     Returns:
@@ -378,7 +463,14 @@ def plot_scaling_law(records: Sequence[dict],
             patches.update(p.tolist())
             fit = fits.get((t, family))
             label = family
-            if fit is not None:
+            if isinstance(fit, NoFit):
+                sizes = np.unique(p)
+                means = [y[p == s].mean() for s in sizes]
+                ax.plot(sizes, means, color=colors[family], lw=1, ls='--')
+                label += f' ({fit.note}'
+                label += (f', slope {fit.slope:.3f})'
+                          if fit.slope is not None else ')')
+            elif fit is not None:
                 grid = np.geomspace(p.min(), p.max(), 64)
                 ax.plot(grid, fit.predict(grid), color=colors[family], lw=1.5)
                 label += f' (b = {fit.b:.3f}'

@@ -11,14 +11,17 @@ and the fitted key), MMEngine vis_data/scalars.json logs (the last logged
 value of --metric-key; task/family/patch come from the config.py MMEngine
 saves beside it, or from --task/--family/--patch), or directories holding
 either. One row per (task, family): exponent b, a, c with standard errors,
-and R^2 (of log loss for the pure law, of the loss with --offset).
+and R^2 (of log loss for the pure law, of the loss with --offset). A law is
+fitted to 3 patch sizes or more (4 with --offset): fewer are listed and
+plotted as "2 points: no fit", with two sizes the slope between them.
 """
 import argparse
 import math
 import sys
 from pathlib import Path
 
-from patchscale_mm.analysis.scaling_law import (fit_records, load_records,
+from patchscale_mm.analysis.scaling_law import (NoFit, fit_records,
+                                                load_records, min_patch_sizes,
                                                 plot_scaling_law)
 
 
@@ -29,7 +32,8 @@ def parse_args(argv=None):
     parser.add_argument('--metric-key', default='test_loss',
                         help='value to fit (default: test_loss)')
     parser.add_argument('--offset', action='store_true',
-                        help='fit loss = c + a * p^b (needs >= 3 patch sizes)')
+                        help='fit loss = c + a * p^b (needs >= '
+                        f'{min_patch_sizes(True)} patch sizes)')
     parser.add_argument('--out', help='plot path (default: scaling_law.png '
                         'beside the first input)')
     parser.add_argument('--task', help='task of scalars.json logs')
@@ -67,6 +71,11 @@ def main(argv=None) -> int:
     print(f'| task | family | points | b | a | c | {r2} |')
     print('|---|---|---|---|---|---|---|')
     for (task, family), fit in fits.items():
+        if isinstance(fit, NoFit):  # a slope, never an error or R^2
+            slope = '—' if fit.slope is None else f'slope {fit.slope:.4g}'
+            print(f'| {task} | {family} | {fit.n} | {slope} | — | — | '
+                  f'{fit.note} |')
+            continue
         c = _pm(fit.c, fit.se_c) if fit.offset else '0'
         print(f'| {task} | {family} | {fit.n} | {_pm(fit.b, fit.se_b)} | '
               f'{_pm(fit.a, fit.se_a)} | {c} | {fit.r2:.4f} |')
