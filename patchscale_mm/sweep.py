@@ -9,6 +9,7 @@ Results are appended to ``results.json`` after every run, and a rerun of the
 sweep skips the runs already there; a run that was interrupted resumes from
 its last checkpoint (saved every ``CHECKPOINT_EVERY`` steps).
 """
+import contextlib
 import csv
 import io
 import json
@@ -21,6 +22,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
 
 # The shipped configs, in a checkout and in an installed wheel alike.
 SWEEP_CONFIGS = Path(__file__).parent / '.mim' / 'configs' / 'sweep'
@@ -42,6 +45,11 @@ CLOCK_FILE = 'train_seconds.json'
 # training, whatever its checkpoint and log intervals (the hooks line).
 CONFIG_STAMP = 'run_config.txt'
 HOOKS_LINE = re.compile(r'^default_hooks = .*\n?', re.MULTILINE)
+# predictions.png shows the first SHOWN_SCENES scenes of the val split (the
+# same for every run); each segmentation run keeps its predicted label maps
+# of them in PREDICTIONS_FILE, so a resumed sweep redraws without a model.
+SHOWN_SCENES = 4
+PREDICTIONS_FILE = 'val_predictions.npy'
 RESULT_KEYS = ('task', 'family', 'patch', 'tokens', 'params', 'flops',
                'steps', 'batch_size', 'test_loss', 'metric', 'metric_name',
                'seconds')
@@ -95,6 +103,110 @@ def plan_runs(tasks: Sequence[str], families: Sequence[str],
                         f'images of the {task} task; use divisors of {size}')
                 runs.append(Run(task, family, patch, steps[task], size))
     return runs
+
+
+def _step_cost_shape(timed: Sequence[tuple]):
+    """Seconds per step against tokens, fitted to one (task, family)'s timed
+    runs ``(Run, seconds)``; None with fewer than two token counts.
+
+    A step costs a fixed part (loading the batch, the optimizer, and the
+    run's start spread over its steps) plus a part linear in the tokens
+    (the blocks and the evaluation; attention's quadratic term is small at
+    the sweep's widths). The fixed part dominates small runs, so a cost
+    simply proportional to the tokens would promise far too long a sweep.
+    """
+    t = np.array([run.tokens for run, _ in timed], dtype=float)
+    s = np.array([seconds / run.steps for run, seconds in timed])
+    if np.unique(t).size < 2:
+        return None
+    slope, fixed = np.polyfit(t, s, 1)
+    if slope < 0:  # noise larger than the token effect
+        return lambda tokens: float(s.mean())
+    if fixed < 0:
+        slope, fixed = np.sum(t * s) / np.sum(t * t), 0.
+    return lambda tokens: float(fixed + slope * tokens)
+
+
+def _seconds_per_step(run: Run, timed: Sequence[tuple],
+                      order: Sequence[Run]) -> float:
+    """Seconds per step of ``run`` from the timed runs ``(Run, seconds)``.
+
+    The level comes from the nearest evidence: the timed runs of the same
+    task and family (families and tasks differ in cost per token), else of
+    the same task, else all. The shape against tokens
+    (:func:`_step_cost_shape`) comes from the run's own (task, family) if
+    two of its token counts are timed, else from the first such of its
+    task, else of any, in the order of ``order`` (the plan): the fixed and
+    per-token parts differ less between groups than their levels do. With
+    no such group yet, the cost is proportional to the tokens, an
+    overestimate that the second timed token count corrects.
+    """
+    near = ((lambda r: (r.task, r.family) == (run.task, run.family)),
+            (lambda r: r.task == run.task), (lambda r: True))
+    level = next(pool for pool in ([(r, sec) for r, sec in timed if same(r)]
+                                   for same in near) if pool)
+    groups = sorted(dict.fromkeys((r.task, r.family) for r in order),
+                    key=lambda g: (g != (run.task, run.family),
+                                   g[0] != run.task))  # stable: plan order
+    for group in groups:
+        shape = _step_cost_shape([(r, sec) for r, sec in timed
+                                  if (r.task, r.family) == group])
+        if shape and group == (run.task, run.family):
+            return shape(run.tokens)  # fitted to the level itself
+        if shape:
+            break
+    else:
+        shape = float  # proportional to the tokens
+    ratio = np.mean([sec / r.steps / shape(r.tokens) for r, sec in level])
+    return float(ratio * shape(run.tokens))
+
+
+def sweep_progress(runs: Sequence[Run],
+                   finished: Dict[str, Optional[float]]) -> tuple:
+    """``(percent done, seconds left)`` of the sweep ``runs``.
+
+    ``finished`` maps the names of the runs done so far to the seconds they
+    took, or None when unknown (a run skipped on resume whose record has no
+    time): such a run counts as done, but not as evidence of speed. A run
+    not timed costs its steps times the seconds per step predicted from the
+    timed ones (:func:`_seconds_per_step`). Before any run is timed the
+    seconds left are None and runs weigh steps x tokens.
+    """
+    timed = [(r, finished[r.name]) for r in runs
+             if finished.get(r.name) is not None]
+    if not timed:
+        weight = {r.name: r.steps * r.tokens for r in runs}
+        done = sum(weight[name] for name in finished if name in weight)
+        return 100. * done / max(sum(weight.values()), 1), None
+    done = left = 0.
+    for run in runs:
+        seconds = finished.get(run.name)
+        if seconds is None:
+            seconds = run.steps * _seconds_per_step(run, timed, runs)
+        if run.name in finished:
+            done += seconds
+        else:
+            left += seconds
+    total = done + left
+    return (100. * done / total if total > 0 else 100.), left
+
+
+def format_duration(seconds: float) -> str:
+    """'40 s', '6 min', '2.3 h': as precise as an estimate deserves."""
+    if seconds < 90:
+        return f'{seconds:.0f} s'
+    if seconds < 90 * 60:
+        return f'{seconds / 60:.0f} min'
+    return f'{seconds / 3600:.1f} h'
+
+
+def progress_note(runs: Sequence[Run],
+                  finished: Dict[str, Optional[float]]) -> str:
+    """'sweep 31%, about 6 min left' for the run lines."""
+    percent, left = sweep_progress(runs, finished)
+    if left is None:
+        return f'sweep {percent:.0f}%, time left known after the first run'
+    return f'sweep {percent:.0f}%, about {format_duration(left)} left'
 
 
 # A user's classification images, of any size and colour: resized to the
@@ -257,6 +369,8 @@ def train(run: Run, config: Path, work_dir: Path, log,
     clock = {'checkpoints': {}}
     if resume_from:
         cmd += ['--resume', resume_from]
+    else:  # a retrained run starts over whatever its work dir holds
+        cmd += ['--no-resume']
         if clock_path.is_file():
             clock = read_clock(clock_path)
         before = seconds_before(clock, resume_from)
@@ -358,11 +472,13 @@ def format_table(records: Sequence[dict]) -> str:
 
 
 def fit_and_plot(records: Sequence[dict], work_dir: Path, log) -> dict:
-    """Fits loss = a * p^b and loss = c + a * p^b per (task, family) with
-    at least 2 (resp. 4) patch sizes; writes scaling_law.png."""
-    from patchscale_mm.analysis.scaling_law import (fit_offset_power_law,
-                                                    fit_power_law,
+    """Fits loss = a * p^b and loss = c + a * p^b per (task, family) with at
+    least 3 (resp. 4) patch sizes (fewer are shown as points, not laws);
+    writes fits.json (no NaN) and scaling_law.png."""
+    from patchscale_mm.analysis.scaling_law import (NoFit, fit_group,
+                                                    fit_offset_power_law,
                                                     group_records,
+                                                    min_patch_sizes,
                                                     plot_scaling_law)
     fits, summary = {}, {}
     for (task, family), group in sorted(group_records(records).items()):
@@ -370,24 +486,151 @@ def fit_and_plot(records: Sequence[dict], work_dir: Path, log) -> dict:
         losses = [r['test_loss'] for r in group]
         if len(set(patches)) < 2:
             continue
-        fit = fit_power_law(patches, losses)
-        fits[(task, family)] = fit
+        fit = fits[(task, family)] = fit_group(patches, losses)
+        summary[f'{task}/{family}'] = fit.as_dict()
+        if isinstance(fit, NoFit):
+            slope = ('' if fit.slope is None else
+                     f', slope {fit.slope:.3f} between patches '
+                     f'{max(patches)} and {min(patches)}')
+            log(f'  {task} {family}: {fit.note}{slope}')
+            continue
         line = (f'  {task} {family}: loss = {fit.a:.4g} * p^{fit.b:.3f} '
                 f'(b ± {fit.se_b:.3f}, R² {fit.r2:.3f})')
-        summary[f'{task}/{family}'] = dict(a=fit.a, b=fit.b, se_b=fit.se_b,
-                                           r2=fit.r2)
-        if len(set(patches)) >= 4:
+        if len(set(patches)) >= min_patch_sizes(offset=True):
             try:
                 off = fit_offset_power_law(patches, losses)
                 line += (f'; with offset: {off.c:.4g} + {off.a:.4g} * '
                          f'p^{off.b:.3f} (R² {off.r2:.3f})')
-                summary[f'{task}/{family}'].update(
-                    offset=dict(a=off.a, b=off.b, c=off.c, r2=off.r2))
+                summary[f'{task}/{family}']['offset'] = off.as_dict()
             except (RuntimeError, ValueError) as e:
                 line += f'; offset fit failed ({e})'
         log(line)
     if fits:
         plot = plot_scaling_law(records, fits, work_dir / 'scaling_law.png')
         log(f'plot: {plot}')
-    (work_dir / 'fits.json').write_text(json.dumps(summary, indent=1))
+    # allow_nan=False: a reader of fits.json gets numbers or no key at all.
+    (work_dir / 'fits.json').write_text(
+        json.dumps(summary, indent=1, allow_nan=False))
     return fits
+
+
+def _first_val_scenes(cfg, num: int) -> tuple:
+    """The val dataset cut to its first ``num`` scenes and those scenes
+    through its test pipeline (images as the model sees them, ground truth
+    reduced as in the evaluation)."""
+    import copy
+
+    from mmseg.registry import DATASETS
+    dataset_cfg = copy.deepcopy(cfg.val_dataloader.dataset)
+    dataset_cfg['indices'] = num  # MMEngine keeps the first ``num``
+    with _seg_scope(), warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # mmseg's deprecation notices
+        dataset = DATASETS.build(dataset_cfg)
+        return dataset, [dataset[i] for i in range(len(dataset))]
+
+
+def _seg_scope():
+    """mmseg's registry scope for a while: after the classification runs
+    the sweep's scope is mmpretrain's, and switching for good is logged."""
+    from mmengine.registry import DefaultScope
+    return DefaultScope.overwrite_default_scope('mmseg')
+
+
+def val_scenes(config: Path, num: int = SHOWN_SCENES) -> dict:
+    """``images`` (N, H, W, 3 RGB), ``ground_truth`` (N, H, W), ``classes``
+    and ``palette`` (None if the dataset has none) of the first ``num``
+    val scenes."""
+    from mmengine.config import Config
+    dataset, items = _first_val_scenes(Config.fromfile(str(config)), num)
+    # LoadImageFromFile reads BGR; the data preprocessor flips it later.
+    images = np.stack([item['inputs'].numpy().transpose(1, 2, 0)[..., ::-1]
+                       for item in items])
+    truth = np.stack([item['data_samples'].gt_sem_seg.data[0].numpy()
+                      for item in items]).astype(np.uint8)
+    return dict(images=images, ground_truth=truth,
+                classes=dataset.metainfo.get('classes'),
+                palette=dataset.metainfo.get('palette'))
+
+
+def predict_val_scenes(config: Path, checkpoint: str,
+                       num: int = SHOWN_SCENES) -> np.ndarray:
+    """(N, H, W) uint8 label maps the trained model predicts for the first
+    ``num`` val scenes: mmseg's ``init_model`` / ``inference_model`` on the
+    run's config and checkpoint, on the CPU."""
+    from mmengine.config import Config
+    from mmseg.apis import inference_model, init_model
+    cfg = Config.fromfile(str(config))
+    _, items = _first_val_scenes(cfg, num)
+    paths = [item['data_samples'].img_path for item in items]
+    # The checkpoint loader's print() and the builders' notices would break
+    # into the sweep's lines.
+    with contextlib.redirect_stdout(io.StringIO()), _seg_scope(), \
+            warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        model = init_model(cfg, checkpoint, device='cpu')
+        samples = inference_model(model, paths)
+    return np.stack([s.pred_sem_seg.data[0].numpy() for s in samples
+                     ]).astype(np.uint8)
+
+
+def run_predictions(record: dict, num: int = SHOWN_SCENES,
+                    log=None) -> Optional[np.ndarray]:
+    """The run's predictions of the shown scenes: kept in its work dir, or
+    predicted from its final checkpoint (and kept); None without one."""
+    run_dir = Path(record['work_dir'])
+    path = run_dir / PREDICTIONS_FILE
+    if path.is_file():
+        kept = np.load(path)
+        if len(kept) >= num:
+            return kept[:num]
+    checkpoint = run_dir / f'iter_{record["steps"]}.pth'
+    if not checkpoint.is_file():
+        return None
+    predicted = predict_val_scenes(Path(record['config']), str(checkpoint),
+                                   num)
+    from patchscale_mm.engine import atomic_write
+    buffer = io.BytesIO()
+    np.save(buffer, predicted)
+    atomic_write(path, buffer.getvalue())
+    if log:
+        log(f'    {run_dir.name}: predicted {len(predicted)} held-out '
+            'scenes')
+    return predicted
+
+
+def draw_predictions(records: Sequence[dict], work_dir: Path, log,
+                     num: int = SHOWN_SCENES) -> Optional[Path]:
+    """predictions.png: the first ``num`` val scenes, their ground truth
+    and each segmentation record's prediction (in the records' order),
+    with predictions.json naming its rows, scenes and pixel layout."""
+    from patchscale_mm.analysis.prediction_grid import draw_prediction_grid
+    rows, described = [], []
+    for r in records:
+        if r['task'] != 'seg':
+            continue
+        predicted = run_predictions(r, num, log)
+        if predicted is None:
+            log(f'    {Path(r["work_dir"]).name}: no final checkpoint, left '
+                'out of predictions.png')
+            continue
+        rows.append((f'{r["family"]} p{r["patch"]}', predicted))
+        described.append(dict(family=r['family'], patch=r['patch'],
+                              predictions=str(Path(r['work_dir']) /
+                                              PREDICTIONS_FILE)))
+    if not rows:
+        return None
+    first = next(r for r in records if r['task'] == 'seg')
+    scenes = val_scenes(Path(first['config']), num)
+    path = work_dir / 'predictions.png'
+    _, layout = draw_prediction_grid(scenes['images'],
+                                     scenes['ground_truth'], rows,
+                                     scenes['palette'], scenes['classes'],
+                                     path)
+    layout.update(
+        rows=[dict(row='image'), dict(row='ground truth')] + described,
+        scenes=list(range(len(scenes['images']))),
+        classes=list(scenes['classes'] or []))
+    _write_atomically(work_dir / 'predictions.json',
+                      json.dumps(layout, indent=1))
+    log(f'predictions: {path}')
+    return path

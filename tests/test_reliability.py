@@ -65,25 +65,54 @@ def weights(path):
 # ---------------------------------------------------------------------------
 # Resume after SIGKILL
 # ---------------------------------------------------------------------------
-def test_killed_run_resumes_to_the_same_weights(ade, tmp_path):
+# A user's config of the usual OpenMMLab shape: MMEngine's CheckpointHook by
+# name (the guarantees must not depend on the hook's name), over the tiny
+# Adventurer linear-head recipe with its InfiniteSampler(shuffle=True),
+# RandomFlip and drop path 0.1.
+USER_CONFIG = f"""_base_ = '{ROOT / SEG}'
+default_hooks = dict(
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=4))
+randomness = dict(seed=0, deterministic=True)
+"""
+
+
+@pytest.fixture
+def user_config(tmp_path):
+    path = tmp_path / 'users_seg.py'
+    path.write_text(USER_CONFIG)
+    return path
+
+
+def exact_options(ade, max_iters):
     # A constant lr that moves the weights (the recipe's warm-up starts at
     # 1e-6 of it), random crops/flips, drop-path and a validation midway:
     # any difference in data order or random draws after the resume shows
     # in the weights.
-    max_iters = 16
-    options = data_options(ade) + [
+    return data_options(ade) + [
         f'train_cfg.max_iters={max_iters}', 'train_cfg.val_interval=8',
-        'default_hooks.checkpoint.interval=4', 'param_scheduler=None',
-        'optim_wrapper.optimizer.lr=1e-3', 'randomness.deterministic=True'
+        'param_scheduler=None', 'optim_wrapper.optimizer.lr=1e-3'
     ]
-    reference_log = run(train_cmd(tmp_path / 'reference', *options))
+
+
+def assert_same_weights(reference, resumed, at=''):
+    reference, resumed = weights(reference), weights(resumed)
+    for key, value in reference['state_dict'].items():
+        assert torch.equal(value, resumed['state_dict'][key]), (key, at)
+
+
+def test_killed_run_resumes_to_the_same_weights(ade, tmp_path, user_config):
+    max_iters = 16
+    options = exact_options(ade, max_iters)
+    reference_log = run(train_cmd(tmp_path / 'reference', *options,
+                                  config=user_config))
 
     # Kill at a random moment after the first checkpoint (iteration 4):
     # when iteration k is logged, plus up to 50 ms, which may fall inside
     # the save of iteration k.
     kill_iter, jitter = random.randint(5, max_iters - 2), random.random() / 20
     work_dir = tmp_path / 'killed'
-    proc = subprocess.Popen(train_cmd(work_dir, *options), cwd=ROOT,
+    proc = subprocess.Popen(train_cmd(work_dir, *options,
+                                      config=user_config), cwd=ROOT,
                             stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
@@ -102,7 +131,9 @@ def test_killed_run_resumes_to_the_same_weights(ade, tmp_path):
     check_checkpoint_file(latest)  # never points at a partial file
     resumed_from = weights(latest)['meta']['iter']
 
-    log = run(train_cmd(work_dir, *options, extra=['--resume']))
+    # The same command again resumes (no --resume needed).
+    log = run(train_cmd(work_dir, *options, config=user_config))
+    assert f'resuming from {latest}' in log, at
     assert f'iter: {resumed_from}' in log, at  # MMEngine's "resumed" line
     # The same batches and draws: the losses after the resume match.
     resumed_losses = losses(log)
@@ -111,12 +142,81 @@ def test_killed_run_resumes_to_the_same_weights(ade, tmp_path):
         i: loss for i, loss in losses(reference_log).items()
         if i > resumed_from
     }, at
-    reference = weights(tmp_path / 'reference' / f'iter_{max_iters}.pth')
-    resumed = weights(work_dir / f'iter_{max_iters}.pth')
-    for key, value in reference['state_dict'].items():
-        assert torch.equal(value, resumed['state_dict'][key]), (key, at)
+    assert_same_weights(tmp_path / 'reference' / f'iter_{max_iters}.pth',
+                        work_dir / f'iter_{max_iters}.pth', at)
     assert torch.serialization.get_unsafe_globals_in_checkpoint(
         work_dir / f'iter_{max_iters}.pth') == []
+
+
+@pytest.fixture(scope='module')
+def reference_16(ade, tmp_path_factory):
+    """An uninterrupted 16-iteration run of the user's config: (work dir,
+    per-iteration losses)."""
+    tmp = tmp_path_factory.mktemp('reference')
+    config = tmp / 'users_seg.py'
+    config.write_text(USER_CONFIG)
+    log = run(train_cmd(tmp / 'work', *exact_options(ade, 16),
+                        config=config))
+    return tmp / 'work', losses(log)
+
+
+def start_training(work_dir, options, config, until_iter, **kwargs):
+    """A training process, returned once it has logged ``until_iter``."""
+    proc = subprocess.Popen(train_cmd(work_dir, *options, config=config),
+                            cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kwargs)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if re.search(rf'Iter\(train\) \[\s*{until_iter}/', line):
+            return proc, lines
+    proc.wait()
+    pytest.fail(''.join(lines)[-4000:])
+
+
+@pytest.mark.parametrize('sig', ['SIGUSR1', 'SIGTERM'])
+def test_a_signal_stops_with_a_checkpoint_that_resumes_exactly(
+        ade, tmp_path, user_config, reference_16, sig):
+    """Slurm's warning (SIGUSR1) or kill (SIGTERM): the iteration finishes,
+    one checkpoint is written, the run exits 75; the same command resumes
+    to the uninterrupted run's weights and losses."""
+    reference_dir, reference_losses = reference_16
+    options = exact_options(ade, 16)
+    work_dir = tmp_path / 'work'
+    proc, lines = start_training(work_dir, options, user_config, 5)
+    proc.send_signal(getattr(signal, sig))
+    out, _ = proc.communicate(timeout=TIMEOUT)
+    log = ''.join(lines) + out
+    assert proc.returncode == 75, log[-4000:]
+    stopped = re.search(rf'training interrupted: stopped on {sig} after '
+                        r'iteration (\d+); checkpoint (\S+) written; the '
+                        'same command resumes it', log)
+    assert stopped, log[-3000:]
+    at, path = int(stopped.group(1)), stopped.group(2)
+    assert path == str(work_dir / f'iter_{at}.pth')
+    assert (work_dir / 'last_checkpoint').read_text() == path
+    assert 'Traceback' not in log
+
+    log = run(train_cmd(work_dir, *options, config=user_config))
+    assert f'resumed epoch: 0, iter: {at}' in log
+    assert losses(log) == {i: v for i, v in reference_losses.items()
+                           if i > at}
+    assert_same_weights(reference_dir / 'iter_16.pth',
+                        work_dir / 'iter_16.pth')
+
+
+def test_another_config_in_the_work_dir_is_refused(ade, tmp_path,
+                                                   user_config, reference_16):
+    reference_dir, _ = reference_16
+    options = exact_options(ade, 16)
+    log = run(train_cmd(reference_dir, *options, 'train_cfg.max_iters=32',
+                        config=user_config), expect_ok=False)
+    assert log.strip().splitlines()[-1] == (
+        f'error: {reference_dir}/iter_16.pth was written by another config '
+        '(train_cfg.max_iters: 16 there, 32 here); pass --no-resume to train '
+        'from scratch in this work dir, --resume to resume anyway, or a new '
+        '--work-dir')
+    assert not (reference_dir / 'iter_20.pth').exists()
 
 
 def losses(log):
@@ -564,3 +664,220 @@ def test_killing_one_rank_ends_the_job(ade, tmp_path):
             except ProcessLookupError:
                 pass
         proc.wait()
+
+
+# ---------------------------------------------------------------------------
+# Elastic restarts, a frozen rank
+# ---------------------------------------------------------------------------
+def dist_train(work_dir, options, config, port, **env):
+    return subprocess.Popen(
+        ['bash', 'tools/dist_train.sh', str(config), '2', '--work-dir',
+         str(work_dir), '--cfg-options', *options],
+        cwd=ROOT, env=dict(os.environ, PORT=str(port), **env),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def read_until(proc, pattern, lines):
+    for line in proc.stdout:
+        lines.append(line)
+        if re.search(pattern, line):
+            return True
+    return False
+
+
+def end(proc, ranks=()):
+    for pid in [proc.pid, *ranks]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.communicate()
+
+
+@pytest.mark.skipif(not HAS_PROC, reason='needs /proc')
+def test_torchrun_restarts_a_killed_worker_and_ends_the_same(
+        ade, tmp_path, user_config):
+    """MAX_RESTARTS=1: one of two workers is SIGKILLed mid-run, torchrun
+    restarts the group, which resumes from the last checkpoint; the final
+    weights are an uninterrupted run's."""
+    options = exact_options(ade, 12)
+    port = 32500 + os.getpid() % 1000
+    reference = dist_train(tmp_path / 'reference', options, user_config,
+                           port)
+    out, _ = reference.communicate(timeout=TIMEOUT)
+    assert reference.returncode == 0, out[-4000:]
+
+    work_dir = tmp_path / 'work'
+    proc = dist_train(work_dir, options, user_config, port + 1,
+                      MAX_RESTARTS='1')
+    lines, ranks = [], {}
+    try:
+        assert read_until(proc, r'Iter\(train\) \[\s*6/12\]', lines), \
+            ''.join(lines)[-4000:]
+        ranks = _rank_pids(proc.pid)
+        os.kill(ranks[1], signal.SIGKILL)
+        out, _ = proc.communicate(timeout=TIMEOUT)
+    finally:
+        end(proc, ranks.values())
+    log = ''.join(lines) + out
+    assert proc.returncode == 0, log[-4000:]
+    assert 'resumed epoch: 0, iter: 4' in log  # the checkpoint before
+    assert_same_weights(tmp_path / 'reference' / 'iter_12.pth',
+                        work_dir / 'iter_12.pth')
+
+
+@pytest.mark.skipif(not HAS_PROC, reason='needs /proc')
+def test_a_stopped_rank_ends_the_job_naming_it(ade, tmp_path):
+    """SIGSTOP freezes rank 1 (a hung node): rank 0 does not wait for ever
+    but stops within the collective timeout (10 s here), naming rank 1."""
+    proc = dist_train(tmp_path / 'work', data_options(ade) + [
+        'train_cfg.max_iters=100000'], SEG, 33500 + os.getpid() % 1000,
+        PATCHSCALE_DIST_TIMEOUT='10')
+    lines, ranks = [], {}
+    try:
+        assert read_until(proc, r'Iter\(train\) \[\s*2/100000\]', lines)
+        ranks = _rank_pids(proc.pid)
+        os.kill(ranks[1], signal.SIGSTOP)
+        stopped = time.time()
+        assert read_until(proc, r'error: rank 1 did not answer', lines), \
+            ''.join(lines)[-4000:]
+        named = time.time() - stopped
+        # torchrun then ends the frozen process too (SIGKILL after 30 s).
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        end(proc, ranks.values())
+    assert named < 10 + 5, named
+    assert proc.returncode != 0
+
+
+# ---------------------------------------------------------------------------
+# A full disk
+# ---------------------------------------------------------------------------
+FILL_DISK_HOOK = """
+import os, resource, shutil, signal
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+
+
+@HOOKS.register_module()
+class FillDiskHook(Hook):
+    '''After the checkpoint of iteration 4, leaves less free space in the
+    work dir than a checkpoint needs (or, without a small file system of
+    its own, caps the size of files this process writes).'''
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        if batch_idx != 4:
+            return
+        size = os.path.getsize(os.path.join(runner.work_dir, 'iter_4.pth'))
+        if os.environ.get('FILL_DISK') == '1':
+            free = shutil.disk_usage(runner.work_dir).free
+            with open(os.path.join(runner.work_dir, 'filler'), 'wb') as f:
+                f.truncate(0)
+                f.write(b'x' * max(0, free - size // 2))
+        else:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, size // 2))
+"""
+
+
+@pytest.fixture
+def small_work_dir(tmp_path):
+    """A 32 MiB tmpfs, or None where mounting is not allowed."""
+    mount = tmp_path / 'small'
+    mount.mkdir()
+    if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=32m', 'tmpfs',
+                       str(mount)], capture_output=True).returncode != 0:
+        yield None
+        return
+    try:
+        yield mount
+    finally:
+        subprocess.run(['umount', '-l', str(mount)])
+
+
+def test_a_full_disk_stops_the_run_and_keeps_the_last_checkpoint(
+        ade, tmp_path, small_work_dir):
+    (tmp_path / 'fill_disk_hook.py').write_text(FILL_DISK_HOOK)
+    config = tmp_path / 'filling.py'
+    config.write_text(
+        f"_base_ = '{ROOT / SEG}'\n"
+        "custom_imports = dict(imports=['patchscale_mm.models', "
+        "'patchscale_mm.engine', 'fill_disk_hook'])\n"
+        "custom_hooks = [dict(type='patchscale_mm.WeightsOnlyCheckpointHook'),"
+        " dict(type='FillDiskHook')]\n")
+    work_dir = (small_work_dir or tmp_path) / 'work'
+    env = dict(os.environ, FILL_DISK='1' if small_work_dir else '0',
+               PYTHONPATH=f'{tmp_path}:{os.environ.get("PYTHONPATH", "")}')
+    log = run(train_cmd(work_dir, *data_options(ade),
+                        'train_cfg.max_iters=12', 'train_cfg.val_interval=100',
+                        'default_hooks.checkpoint.interval=4', config=config),
+              expect_ok=False, env=env)
+    why = 'No space left on device' if small_work_dir else 'File too large'
+    last = log.strip().splitlines()[-1]
+    assert re.fullmatch(
+        rf'error: could not write {work_dir}/iter_8\.pth \([\d.,]+ MiB\): '
+        rf'{why}, [\d.,]+ MiB free in {work_dir}; the previous checkpoint is '
+        'intact, free space \\(or set max_keep_ckpts\\) and run the same '
+        'command to resume', last), log[-3000:]
+    assert 'Traceback' not in log
+    assert (work_dir / 'last_checkpoint').read_text() == \
+        str(work_dir / 'iter_4.pth')
+    check_checkpoint_file(str(work_dir / 'iter_4.pth'))
+    assert weights(work_dir / 'iter_4.pth')['meta']['iter'] == 4
+    assert not list(work_dir.glob('.*.tmp')) and \
+        not (work_dir / 'iter_8.pth').exists()
+    # The log file holds every iteration and the reason it stopped.
+    text = next(work_dir.glob('*/*.log')).read_text()
+    assert 'Iter(train) [ 8/12]' in text and last in text
+
+
+# ---------------------------------------------------------------------------
+# Bad samples
+# ---------------------------------------------------------------------------
+@pytest.fixture(scope='module')
+def imagenet_with_a_truncated_jpeg(tmp_path_factory):
+    """A tiny ImageNet folder whose 3rd training image is a JPEG cut in
+    half; returns (root, that file's path)."""
+    import cv2
+
+    from patchscale_mm.datasets.fixtures import make_imagenet_fixture
+    root = make_imagenet_fixture(tmp_path_factory.mktemp('in') / 'imagenet',
+                                 16, 8, img_size=32)
+    ann = root / 'meta' / 'train.txt'
+    entries = ann.read_text().splitlines()
+    name, label = entries[2].split()
+    jpeg = Path(name).with_suffix('.JPEG')
+    assert cv2.imwrite(str(root / 'train' / jpeg),
+                       cv2.imread(str(root / 'train' / name)))
+    data = (root / 'train' / jpeg).read_bytes()
+    (root / 'train' / jpeg).write_bytes(data[:len(data) // 2])
+    entries[2] = f'{jpeg} {label}'
+    ann.write_text('\n'.join(entries) + '\n')
+    return root, root / 'train' / jpeg
+
+
+def cls_options(root, *extra):
+    return [f'{loader}.dataset.data_root={root}'
+            for loader in ('train_dataloader', 'val_dataloader')] + [
+                'train_cfg.max_epochs=1', 'train_dataloader.batch_size=4',
+                'train_dataloader.num_workers=1',
+                'train_dataloader.sampler.type=DefaultSampler', *extra]
+
+
+def test_a_truncated_jpeg_stops_the_run_naming_it(
+        imagenet_with_a_truncated_jpeg, tmp_path):
+    root, bad = imagenet_with_a_truncated_jpeg
+    log = run(train_cmd(tmp_path / 'work', *cls_options(root),
+                        config='tests/configs/cls_tiny.py'), expect_ok=False)
+    assert log.strip().splitlines()[-1] == (
+        f'error: bad training sample 2 of ImageNet: {bad}: truncated JPEG '
+        '(no end-of-image marker)'), log[-3000:]
+    assert 'Traceback' not in log
+
+    # Switched to skipping, the epoch completes and the log counts it.
+    log = run(train_cmd(tmp_path / 'skip', *cls_options(
+        root, 'train_dataloader.dataset.skip_bad_samples=True'),
+        config='tests/configs/cls_tiny.py'))
+    assert (f'skipped bad training sample 2 of ImageNet: {bad}: truncated '
+            'JPEG (no end-of-image marker) (1 skipped in process') in log
+    assert (tmp_path / 'skip' / 'epoch_1.pth').is_file()

@@ -3,6 +3,7 @@ single-node Slurm cluster (tests/fixtures/slurm_cluster.sh): two CPU tasks
 per job, joined by the gloo process group of patchscale_mm.utils.launch."""
 import fcntl
 import os
+import re
 import subprocess
 import sys
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+import torch
 
 from patchscale_mm.datasets.fixtures import make_ade20k_fixture
 from patchscale_mm.utils.launch import _slurm_env_to_torch_env
@@ -223,3 +225,81 @@ def test_readme_shows_the_sbatch_example():
     script = (ROOT / 'tools' / 'sbatch_example.sh').read_text().splitlines()
     shown = [line for line in block.splitlines()[1:] if line]  # after "bash"
     assert len(shown) > 8 and [x for x in shown if x not in script] == []
+
+
+# ---------------------------------------------------------------------------
+# Preemption: signalled, requeued, resumed, the same result
+# ---------------------------------------------------------------------------
+EXACT = ['train_cfg.max_iters=16', 'train_cfg.val_interval=100',
+         'default_hooks.checkpoint.interval=4', 'param_scheduler=None',
+         'optim_wrapper.optimizer.lr=1e-3', 'randomness.deterministic=True']
+
+
+def losses(log):
+    """Iteration -> logged training loss (rank 0's log)."""
+    found = re.findall(r'Iter\(train\) \[\s*(\d+)/\d+\].*? loss: (\S+)', log)
+    return {int(i): loss for i, loss in found}
+
+
+def wait_for(path, pattern, timeout):
+    """Waits until the file at ``path`` matches ``pattern``."""
+    def found():
+        return path.is_file() and re.search(pattern, path.read_text())
+    return wait_until(found, timeout)
+
+
+def test_a_signalled_job_requeues_and_ends_as_if_uninterrupted(
+        slurm, ade, tmp_path):
+    """scancel --signal=USR1 (what --signal=USR1@120 sends before the time
+    limit): the two ranks finish their iteration, write one checkpoint,
+    the job requeues itself and the second start resumes; weights and
+    per-iteration losses are those of an uninterrupted job."""
+    options = data_options('seg', ade) + EXACT
+    code, reference_log, seconds = run(
+        ['bash', 'tools/slurm_train.sh', 'debug', JOB + 'ref',
+         'tests/configs/seg_tiny.py', str(tmp_path / 'reference')] + options,
+        dict(slurm, **TWO_CPU_TASKS))
+    assert code == 0, reference_log[-4000:]
+    print(f'uninterrupted job: {seconds:.1f} s')
+
+    work_dir = tmp_path / 'work'
+    submit = subprocess.run(
+        ['sbatch', '--parsable', '--partition=debug', '--nodes=1',
+         '--ntasks-per-node=2', '--cpus-per-task=1', '--gres=none',
+         '--time=5', '--job-name=' + JOB + 'requeue',
+         f'--output={tmp_path}/slurm-%j.out', 'tools/sbatch_example.sh',
+         'tests/configs/seg_tiny.py', '--work-dir', str(work_dir)] + options,
+        cwd=ROOT, env=slurm, capture_output=True, text=True, timeout=60)
+    assert submit.returncode == 0, submit.stderr
+    job = submit.stdout.strip().split(';')[0]
+    output = tmp_path / f'slurm-{job}.out'
+    started = time.monotonic()
+    try:
+        assert wait_for(output, r'Iter\(train\) \[\s*5/16\]', TIMEOUT)
+        subprocess.run(['scancel', '--signal=USR1', job], env=slurm,
+                       check=True)
+        # Slurm holds a requeued job until the old job's credential
+        # expires (AuthInfo cred_expire, 120 s by default): most of this
+        # test's time is that wait.
+        assert wait_until(lambda: job_record(job, slurm)['Restarts'] == '1',
+                          60), output.read_text()[-4000:]
+        record = ended_job(job, slurm, TIMEOUT)
+    finally:
+        subprocess.run(['scancel', job], env=slurm)
+    log = output.read_text()
+    print(f'signalled job: {time.monotonic() - started:.1f} s')
+    assert record and record['JobState'] == 'COMPLETED', log[-4000:]
+    stopped = re.search(r'stopped on SIGUSR1 after iteration (\d+); '
+                        rf'checkpoint (\S+) written; requeueing Slurm job '
+                        f'{job}', log)
+    assert stopped, log[-4000:]
+    at = int(stopped.group(1))
+    assert f'resumed epoch: 0, iter: {at}' in log
+    # Every iteration once, with the uninterrupted job's loss.
+    assert losses(log) == losses(reference_log)
+    assert sorted(losses(log)) == list(range(1, 17))
+    reference = torch.load(tmp_path / 'reference' / 'iter_16.pth',
+                           weights_only=True)['state_dict']
+    resumed = torch.load(work_dir / 'iter_16.pth',
+                         weights_only=True)['state_dict']
+    assert all(torch.equal(v, resumed[k]) for k, v in reference.items())

@@ -3,13 +3,25 @@
 #   dist_run.sh NPROC SCRIPT [script args]
 # Multi-node: set NNODES, NODE_RANK, MASTER_ADDR and PORT on every node.
 # Without GPUs, NPROC CPU processes train with gloo.
+# MAX_RESTARTS (default 0): when a process dies, torchrun restarts the whole
+# group up to this many times; train.py then resumes from the work dir's
+# newest checkpoint.
 set -euo pipefail
 NPROC=$1
 SCRIPT=$2
+ADDR=${MASTER_ADDR:-127.0.0.1}
+RDZV=(--node_rank="${NODE_RANK:-0}" --master_addr="$ADDR"
+      --master_port="${PORT:-29500}")
+if [ "${MAX_RESTARTS:-0}" != 0 ]; then
+  # The static rendezvous keeps one store across restarts, where a
+  # restarted process can read its peers' addresses from before the
+  # restart; c10d rendezvous starts each round afresh.
+  RDZV=(--rdzv-backend=c10d --rdzv-endpoint="$ADDR:${PORT:-29500}"
+        --rdzv-id="${RDZV_ID:-patchscale}")
+fi
 exec "${PYTHON:-python3}" -m torch.distributed.run \
     --nnodes="${NNODES:-1}" \
-    --node_rank="${NODE_RANK:-0}" \
-    --master_addr="${MASTER_ADDR:-127.0.0.1}" \
-    --master_port="${PORT:-29500}" \
+    "${RDZV[@]}" \
     --nproc_per_node="$NPROC" \
+    --max-restarts="${MAX_RESTARTS:-0}" \
     "$SCRIPT" "${@:3}" --launcher pytorch

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Distributed training: CONFIG GPUS [train.py args]
-# (NNODES, NODE_RANK, MASTER_ADDR, PORT for several nodes; see dist_run.sh).
+# (NNODES, NODE_RANK, MASTER_ADDR, PORT for several nodes; MAX_RESTARTS for
+# torchrun to restart the processes after one dies, resuming from the last
+# checkpoint; see dist_run.sh).
 # The pre-flight checks run once here, so that a config that cannot run
 # says why in one report instead of one per process.
 set -euo pipefail

@@ -18,6 +18,13 @@
 #SBATCH --cpus-per-task=5
 #SBATCH --time=3-00:00:00
 #SBATCH --output=%x-%j.out
+# Preemptible partitions and time limits: two minutes before the end Slurm
+# sends SIGUSR1 to the tasks, which finish their iteration, write one
+# checkpoint and requeue the job; the requeued job runs this script again,
+# train.py resumes from the work dir and the log goes on in the same file.
+#SBATCH --signal=USR1@120
+#SBATCH --requeue
+#SBATCH --open-mode=append
 set -euo pipefail
 CONFIG=${1:-configs/seg/adv_b_p2_linear_ade20k.py}
 

@@ -5,6 +5,9 @@
 # CPUS_PER_TASK (default 5), SRUN_ARGS (extra srun flags), DEVICE (gpu|cpu).
 # With DEVICE=cpu no GPUs are requested and GPUS_PER_NODE tasks per node run
 # on CPUs; GPUS_PER_NODE=0 also requests none (and packs all GPUS tasks).
+# SIGNAL_TIME (default 120): seconds before the time limit at which the
+# tasks get SIGUSR1, stop with a checkpoint and exit 75; the same command
+# resumes (srun jobs cannot requeue themselves: see sbatch_example.sh).
 set -euo pipefail
 PARTITION=$1
 JOB_NAME=$2
@@ -30,5 +33,6 @@ exec srun -p "$PARTITION" \
     --ntasks-per-node="$TASKS_PER_NODE" \
     --cpus-per-task="$CPUS_PER_TASK" \
     --kill-on-bad-exit=1 \
+    --signal="USR1@${SIGNAL_TIME:-120}" \
     $SRUN_ARGS \
     "${PYTHON:-python3}" -u "$SCRIPT" "${@:4}" --launcher slurm

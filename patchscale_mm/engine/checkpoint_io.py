@@ -3,7 +3,9 @@
 * **Atomic writes.** :func:`atomic_write` puts the bytes in a temporary file
   beside the target, flushes them to disk and renames it over the target, so
   a process killed at any moment leaves the old file or the new one, never a
-  truncated one. :class:`AtomicLocalBackend` is MMEngine's local file backend
+  truncated one. A full disk (or quota) removes the temporary file and
+  raises :class:`CheckpointWriteError`, one line with the file and the free
+  space. :class:`AtomicLocalBackend` is MMEngine's local file backend
   with that write (registered as ``'atomic_local'``).
 * **Weights-only loading.** :func:`guard_checkpoint_loaders` wraps every
   loader of MMEngine's ``CheckpointLoader`` (local files, URLs, model zoos),
@@ -18,6 +20,7 @@
   rejected before a model is built.
 """
 import argparse
+import errno
 import functools
 import glob
 import logging
@@ -25,6 +28,7 @@ import os
 import os.path as osp
 import pickle
 import re
+import shutil
 import uuid
 import zipfile
 from contextlib import contextmanager
@@ -57,6 +61,15 @@ class UnsafeCheckpointError(CheckpointError, pickle.UnpicklingError):
     and container constructors that weights-only loading allows."""
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint (or its pointer) that could not be written for lack of
+    space; the previous file is intact."""
+
+
+# Out of space, out of quota, over the file size limit.
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 # ---------------------------------------------------------------------------
 # Atomic writes
 # ---------------------------------------------------------------------------
@@ -76,11 +89,28 @@ def atomic_write(path: str, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if osp.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.errno in _NO_SPACE:
+            raise _no_space(path, len(data), e) from None
         raise
     _fsync_dir(directory)  # makes the rename itself durable
+
+
+def _no_space(path: str, size: int, error: OSError) -> CheckpointWriteError:
+    directory = osp.dirname(osp.abspath(path))
+    try:  # measured after the partial file is gone
+        free = f'{shutil.disk_usage(directory).free / 2**20:,.1f} MiB free'
+    except OSError:
+        free = 'free space unknown'
+    failure = CheckpointWriteError(
+        f'could not write {path} ({size / 2**20:,.1f} MiB): '
+        f'{os.strerror(error.errno)}, {free} in {directory}; the previous '
+        'checkpoint is intact, free space (or set max_keep_ckpts) and run '
+        'the same command to resume')
+    failure.errno = error.errno
+    return failure
 
 
 def _fsync_dir(directory: str) -> None:
