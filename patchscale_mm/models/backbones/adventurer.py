@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from patchscale_mm.ops import fused
+from patchscale_mm.parallel import sequence as sequence_parallel
+from patchscale_mm.parallel.sequence import TokenShards
 from patchscale_mm.registry import MODELS
 from ..layers import DropPath, Mamba2Mixer
 from .base import (PlainBackbone, expand_aliases, init_linear,
@@ -133,8 +135,40 @@ class AdventurerBlock(nn.Module):
         y = self.mixer(torch.cat([heading, x], dim=1))[:, 1:]
         return reverse_patch_tokens(y) if self.flip else y
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.mix(self.norm1(x)))
+    def mix_shard(self, x: torch.Tensor, shards: TokenShards) -> torch.Tensor:
+        """:meth:`mix` of this rank's contiguous shard of the tokens (the
+        class token at the end of the last shard).
+
+        The scan visits the shards in order (in reverse order, each shard
+        reversed, in a flipped layer), then the class token. No tokens move
+        between ranks: the heading average is an all-reduce of partial sums,
+        and the mixer passes the scan state between the shards (see
+        :meth:`Mamba2Mixer.forward_segments`).
+        """
+        group = shards.group
+        has_cls = group.rank == group.size - 1
+        patches, cls = (x[:, :-1], x[:, -1:]) if has_cls else (x, None)
+        heading = sequence_parallel.all_reduce_sum(
+            x.sum(dim=1, keepdim=True), shards) / shards.total
+        order = list(range(group.size))
+        if self.flip:
+            order.reverse()
+            patches = patches.flip(1)
+        leads = order[0] == group.rank  # the heading opens the scan
+        if leads:
+            patches = torch.cat([heading, patches], dim=1)
+        y, y_cls = self.mixer.forward_segments(patches, cls, shards, order)
+        if leads:
+            y = y[:, 1:]
+        if self.flip:
+            y = y.flip(1)
+        return torch.cat([y, y_cls], dim=1) if has_cls else y
+
+    def forward(self, x: torch.Tensor,
+                shards: Optional[TokenShards] = None) -> torch.Tensor:
+        mixed = self.mix(self.norm1(x)) if shards is None else self.mix_shard(
+            self.norm1(x), shards)
+        x = x + self.drop_path(mixed)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -180,6 +214,9 @@ class Adventurer(PlainBackbone):
     """
     family = 'Adventurer'
     cls_token_last = True
+    # Under sequence parallelism, the causal convolution's d_conv - 1 = 3
+    # input rows come from the previous shard, plus the class token.
+    min_shard_tokens = 4
     arch_zoo = expand_aliases({
         ('t', 'tiny'): dict(embed_dims=256, num_layers=12, mlp_dims=640),
         ('s', 'small'): dict(embed_dims=512, num_layers=12, mlp_dims=1280),

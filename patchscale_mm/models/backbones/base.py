@@ -14,6 +14,7 @@ from ..layers import (PatchEmbed, resample_abs_pos_embed, resize_token_grid,
                       to_2tuple)
 from ..layers.patch_embed import check_patch_grid
 from .checkpoint_filter import adapt_backbone_state_dict
+from patchscale_mm.parallel import sequence as sequence_parallel
 
 
 def resolve_arch(arch: Union[str, dict], arch_zoo: Dict[str, dict],
@@ -91,6 +92,8 @@ class PlainBackbone(BaseModule):
             e.g. ``dict(type='Pretrained', checkpoint=...)``.
     """
     OUT_TYPES = ('cls_token', 'featmap', 'avg_featmap', 'raw')
+    # Fewest tokens per rank under sequence parallelism.
+    min_shard_tokens = 1
     arch_zoo: Dict[str, dict] = {}
     family = 'backbone'
     cls_token_last = False
@@ -164,36 +167,103 @@ class PlainBackbone(BaseModule):
             num_suffix_tokens=after)
 
     # -- forward --------------------------------------------------------------
-    def embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
-        """Image (B, C, H, W) -> tokens with the class token, positions added."""
+    def embed_tokens(self, x: torch.Tensor):
+        """Image (B, C, H, W) -> patch tokens (B, N, C) on the grid of
+        ``patch_size`` and that grid."""
         img_size = x.shape[-2:]
         x, grid = self.patch_embed(x)
         if self.patch_embed.patch_size != self.patch_size:
             new_grid = check_patch_grid(img_size, self.patch_size, 'input size')
             x, grid = resize_token_grid(x, grid, new_grid), new_grid
+        return x, grid
+
+    def embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """Image (B, C, H, W) -> tokens with the class token, positions added."""
+        x, grid = self.embed_tokens(x)
         cls_token = self.cls_token.expand(x.shape[0], -1, -1)
         x = torch.cat([x, cls_token] if self.cls_token_last else
                       [cls_token, x], dim=1)
         return self.drop_after_pos(x + self.pos_embed_for(grid)), grid
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        x, grid = self.embed(x)
+        group = sequence_parallel.current()
+        shards = None
+        if group is None:
+            x, grid = self.embed(x)
+        else:  # this rank's tokens of every image
+            x, grid, shards = self.embed_shard(x, group)
         outs = []
         for i, layer in enumerate(self.layers):
             if self.with_cp and self.training and x.requires_grad:
-                x = checkpoint(layer, x, use_reentrant=False)
+                x = checkpoint(layer, x, shards, use_reentrant=False)
             else:
-                x = layer(x)
+                x = layer(x, shards)
             if i == self.num_layers - 1 and self.final_norm:
                 x = self.norm(x)
             if i in self.out_indices:
-                outs.append(self._format_output(x, grid))
+                outs.append(self._format_output(x, grid, shards))
         return tuple(outs)
 
-    def _format_output(self, x: torch.Tensor, grid: Tuple[int, int]):
+    def embed_shard(self, x: torch.Tensor, group) -> Tuple[torch.Tensor, Tuple[
+            int, int], 'sequence_parallel.TokenShards']:
+        """:meth:`embed` of this rank's contiguous shard of the tokens: only
+        the image rows under its patches go through the patch embedding."""
+        grid = check_patch_grid(x.shape[-2:], self.patch_size, 'input size')
+        before, after = self.num_extra_tokens
+        num_patches = grid[0] * grid[1]
+        shards = sequence_parallel.TokenShards(
+            group,
+            tuple(sequence_parallel.shard_bounds(num_patches + before + after,
+                                                 group.size)))
+        self._check_shards(shards)
+        start, end = shards.mine
+        first, last = max(start - before, 0), min(end - before, num_patches)
+        if first >= last:  # a shard of the class token alone
+            tokens, _ = self.patch_embed(x[..., :self.patch_size[0], :])
+            tokens = tokens[:, :0]
+        elif self.patch_embed.patch_size == self.patch_size:
+            row0, row1 = first // grid[1], -(-last // grid[1])
+            rows = x[..., row0 * self.patch_size[0]:row1 * self.patch_size[0], :]
+            tokens, _ = self.patch_embed(rows)
+            tokens = tokens[:, first - row0 * grid[1]:last - row0 * grid[1]]
+        else:  # tokens interpolated over the whole grid ("by extending")
+            tokens, _ = self.embed_tokens(x)
+            tokens = tokens[:, first:last]
+        parts = [tokens]
+        cls_index = num_patches if self.cls_token_last else 0
+        if start <= cls_index < end:
+            cls_token = self.cls_token.expand(x.shape[0], -1, -1)
+            parts.insert(len(parts) if self.cls_token_last else 0, cls_token)
+        else:
+            # Every rank's graph reaches every parameter (a zero gradient
+            # here), as DDP expects without find_unused_parameters.
+            parts.append(self.cls_token[:, :0].expand(x.shape[0], -1, -1))
+        tokens = torch.cat(parts, dim=1)
+        pos_embed = self.pos_embed_for(grid)[:, start:end]
+        return self.drop_after_pos(tokens + pos_embed), grid, shards
+
+    def _check_shards(self, shards) -> None:
+        """Each shard must hold at least the tokens one block exchanges
+        with its neighbour; subclasses tighten this."""
+        shortest = min(shards.lengths)
+        if shortest < self.min_shard_tokens:
+            raise ValueError(
+                f'sequence_parallel.size {shards.group.size} leaves '
+                f'{shortest} tokens on a rank ({shards.total} in all); '
+                f'{self.family} needs at least {self.min_shard_tokens} per '
+                'rank: use a smaller size or a smaller patch')
+
+    def _format_output(self, x: torch.Tensor, grid: Tuple[int, int],
+                       shards=None):
         before, after = self.num_extra_tokens
         if self.out_type == 'cls_token':
-            return x[:, -1] if self.cls_token_last else x[:, 0]
+            if shards is None:
+                return x[:, -1] if self.cls_token_last else x[:, 0]
+            owner = shards.owner(shards.total - 1 if self.cls_token_last else 0)
+            mine = x[:, -1] if self.cls_token_last else x[:, 0]
+            return sequence_parallel.owner_to_all(mine, owner, shards)
+        if shards is not None:  # the neck and heads see the whole sequence
+            x = sequence_parallel.gather_tokens(x, shards)
         patches = x[:, before:x.shape[1] - after]  # (B, N, C)
         if self.out_type == 'raw':
             return patches

@@ -43,8 +43,8 @@ class TransformerBlock(nn.Module):
         self.mlp = Mlp(embed_dims, mlp_dims, drop_rate)
         self.drop_path = DropPath(drop_path_rate)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.ln1(x)))
+    def forward(self, x: torch.Tensor, shards=None) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.ln1(x), shards))
         return x + self.drop_path(self.mlp(self.ln2(x)))
 
 

@@ -8,6 +8,7 @@ in :mod:`patchscale_mm.ops` so that kernels can change without touching the
 model.
 """
 import math
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,7 @@ from torch import nn
 
 from patchscale_mm.ops import compute_dtype, ssd_scan
 from patchscale_mm.ops.fused import fused_cpu_available, mamba2_conv_scan_norm
+from patchscale_mm.parallel import sequence as sequence_parallel
 
 
 class GatedRMSNorm(nn.Module):
@@ -137,25 +139,110 @@ class Mamba2Mixer(nn.Module):
 
     def conv_scan_norm(self, zxbcdt: torch.Tensor) -> torch.Tensor:
         """(B, L, in_proj outputs) -> (B, L, d_inner), in PyTorch ops."""
-        B, L, _ = zxbcdt.shape
-        z, xBC, dt = zxbcdt.split(
+        z, xBC, dt = self._split(zxbcdt)
+        y, _ = self._conv_scan(xBC, dt)
+        return self.norm(y.flatten(-2), z)
+
+    def _split(self, zxbcdt: torch.Tensor):
+        """The in_proj outputs: gate z, conv inputs xBC, one dt per head."""
+        return zxbcdt.split(
             [self.d_inner, self.conv1d.in_channels, self.nheads], dim=-1)
-        # Causal: keep the first L outputs of the left-padded convolution.
-        xBC = self.conv1d(xBC.transpose(1, 2))[..., :L].transpose(1, 2)
-        xBC = F.silu(xBC)
+
+    def _conv_scan(self, xBC: torch.Tensor, dt: torch.Tensor,
+                   halo: torch.Tensor = None, **scan_kwargs):
+        """Causal convolution, SiLU and the scan: (y (B, L, h, p) or
+        ``ssd_scan``'s tuple, C (B, L, g, n)). ``halo``: the ``d_conv - 1``
+        input rows before ``xBC`` (zeros when None)."""
+        L = xBC.shape[1]
+        if halo is None:
+            # Causal: keep the first L outputs of the left-padded convolution.
+            xBC = self.conv1d(xBC.transpose(1, 2))[..., :L]
+        else:
+            xBC = F.conv1d(
+                torch.cat([halo, xBC], dim=1).transpose(1, 2),
+                self.conv1d.weight, self.conv1d.bias,
+                groups=self.conv1d.groups)
+        xBC = F.silu(xBC.transpose(1, 2))
         x, Bmat, Cmat = xBC.split([
             self.d_inner, self.ngroups * self.d_state,
             self.ngroups * self.d_state
         ],
                                   dim=-1)
-        y = ssd_scan(
+        Cmat = Cmat.unflatten(-1, (self.ngroups, self.d_state))
+        out = ssd_scan(
             x.unflatten(-1, (self.nheads, self.headdim)),  # (B, L, h, p)
             dt,  # (B, L, h)
-            -torch.exp(self.A_log.to(compute_dtype(x, self.A_log))),  # (h,)
+            self._A(x),  # (h,)
             Bmat.unflatten(-1, (self.ngroups, self.d_state)),  # (B, L, g, n)
-            Cmat.unflatten(-1, (self.ngroups, self.d_state)),
+            Cmat,
             D=self.D,
             dt_bias=self.dt_bias,
             dt_softplus=True,
-            chunk_size=self.chunk_size)
-        return self.norm(y.flatten(-2), z)
+            chunk_size=self.chunk_size,
+            **scan_kwargs)
+        return out, Cmat
+
+    def _A(self, like: torch.Tensor) -> torch.Tensor:
+        return -torch.exp(self.A_log.to(compute_dtype(like, self.A_log)))
+
+    def forward_segments(self, segment: torch.Tensor,
+                         cls: Optional[torch.Tensor], shards,
+                         order: Sequence[int]):
+        """The mixer over a sequence split into one segment per rank of
+        the sequence group of ``shards``, scanned in the rank order ``order``, then the one-token
+        segment ``cls`` (held by the last rank of the group).
+
+        Mamba-2's state passing (the SSD paper's inter-chunk recurrence,
+        across ranks): each segment is scanned from a zero state, giving its
+        final state h_q and total log-decay a_q; one all-gather of these
+        (heads x headdim x d_state numbers per sample, whatever the
+        length) lets every rank fold the true state entering its segment,
+        H = exp(a_q) H + h_q over the segments before it, and add its
+        contribution C_t exp(a_{<=t}) H to the outputs. The causal
+        convolution takes its ``d_conv - 1`` input rows from the previous
+        segment (another all-gather). Returns the outputs of ``segment`` and
+        of ``cls`` (None on the other ranks).
+        """
+        width = self.conv1d.kernel_size[0] - 1
+        z, xBC, dt = self._split(self.in_proj(segment))
+        if xBC.shape[1] < width:
+            raise ValueError(f'a sequence-parallel segment of {xBC.shape[1]} '
+                             f'tokens is shorter than the {width} rows the '
+                             'causal convolution passes on')
+        halos = sequence_parallel.all_gather(xBC[:, xBC.shape[1] - width:],
+                                             shards)
+        at = order.index(shards.group.rank)
+        halo = halos[order[at - 1]] if at else torch.zeros_like(halos[0])
+        (y, state), C = self._conv_scan(xBC, dt, halo,
+                                        return_final_states=True)
+        ct = compute_dtype(y, self.A_log)
+        log_decay = (F.softplus(dt.to(ct) + self.dt_bias.to(ct)) *
+                     self._A(y)).cumsum(dim=1)  # (B, L, h)
+        states = sequence_parallel.all_gather(state.to(ct), shards)
+        totals = sequence_parallel.all_gather(log_decay[:, -1], shards)
+        entering = fold_states(states, totals, order[:at])
+        if entering is not None:
+            heads_per_group = self.nheads // self.ngroups
+            C = C.to(ct).repeat_interleave(heads_per_group, dim=2)
+            y = y + (torch.einsum('blhn,bhpn->blhp', C, entering) *
+                     log_decay.exp().unsqueeze(-1)).to(y.dtype)
+        out = self.out_proj(self.norm(y.flatten(-2), z))
+        if cls is None:
+            return out, None
+        z, xBC, dt = self._split(self.in_proj(cls))
+        y, _ = self._conv_scan(
+            xBC, dt, halos[order[-1]],
+            initial_states=fold_states(states, totals, order))
+        return out, self.out_proj(self.norm(y.flatten(-2), z))
+
+
+def fold_states(states: Sequence[torch.Tensor], log_decays: Sequence[torch.Tensor],
+                order: Sequence[int]) -> Optional[torch.Tensor]:
+    """The scan state after the segments ``order`` (each scanned from zero
+    to ``states[q]`` (B, h, p, n) with total log-decay ``log_decays[q]``
+    (B, h)), or None before the first."""
+    state = None
+    for q in order:
+        state = states[q] if state is None else (
+            log_decays[q].exp()[..., None, None] * state + states[q])
+    return state
