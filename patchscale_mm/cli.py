@@ -16,6 +16,9 @@ from mmengine.config.utils import MODULE2PACKAGE
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from patchscale_mm.parallel import (init_sequence_parallel,
+                                    prepare_sequence_parallel,
+                                    sequence_parallel_size, set_current)
 from patchscale_mm.utils import (add_rank_log_file, init_cpu_distributed,
                                  shutdown_distributed, synchronize_ranks)
 
@@ -99,11 +102,20 @@ def run(cfg: Config, method: str):
     ``runner.<method>()``, in a gloo process group on a distributed run
     without GPUs."""
     init_cpu_distributed(cfg)
+    sequence_size = sequence_parallel_size(cfg) if method == 'train' else 1
+    if sequence_size > 1:
+        prepare_sequence_parallel(cfg)
     runner = None
     try:
         runner = (
             RUNNERS.build(cfg)
             if 'runner_type' in cfg else Runner.from_cfg(cfg))
+        if sequence_size > 1:  # the process group exists now
+            group = init_sequence_parallel(sequence_size)
+            runner.logger.info(
+                f'sequence parallelism: each image split over {group.size} '
+                f'ranks, {group.dp_size} data-parallel replica(s); this rank '
+                f'holds shard {group.rank} of replica {group.dp_rank}')
         add_rank_log_file(runner)
         getattr(runner, method)()
         synchronize_ranks()
@@ -111,5 +123,6 @@ def run(cfg: Config, method: str):
         # The Runner's DDP wrapper holds the process group: drop it first, so
         # that the group is torn down here and not during interpreter exit.
         del runner
+        set_current(None)
         gc.collect()
         shutdown_distributed()

@@ -5,6 +5,8 @@ what lets one class serve all three: any downstream registry resolves
 ``'patchscale_mm.Adventurer'`` by walking up to the root and down to this
 scope. ``locations`` makes the scope import its modules on first lookup.
 """
+from mmengine.registry import DATA_SAMPLERS as MMENGINE_DATA_SAMPLERS
+from mmengine.registry import FUNCTIONS as MMENGINE_FUNCTIONS
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import METRICS as MMENGINE_METRICS
 from mmengine.registry import MODELS as MMENGINE_MODELS
@@ -34,3 +36,15 @@ TRANSFORMS = Registry(
     parent=MMENGINE_TRANSFORMS,
     scope='patchscale_mm',
     locations=['patchscale_mm.datasets.transforms'])
+
+DATA_SAMPLERS = Registry(
+    'data sampler',
+    parent=MMENGINE_DATA_SAMPLERS,
+    scope='patchscale_mm',
+    locations=['patchscale_mm.parallel.data'])
+
+FUNCTIONS = Registry(
+    'function',
+    parent=MMENGINE_FUNCTIONS,
+    scope='patchscale_mm',
+    locations=['patchscale_mm.parallel.data'])

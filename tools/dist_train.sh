@@ -7,5 +7,6 @@
 # says why in one report instead of one per process.
 set -euo pipefail
 TOOLS=$(cd "$(dirname "$0")" && pwd)
-LOCAL_WORLD_SIZE=$2 "${PYTHON:-python3}" "$TOOLS/train.py" "$1" "${@:3}" --preflight-only
+LOCAL_WORLD_SIZE=$2 WORLD_SIZE=$(( ${NNODES:-1} * $2 )) \
+  "${PYTHON:-python3}" "$TOOLS/train.py" "$1" "${@:3}" --preflight-only
 exec bash "$TOOLS/dist_run.sh" "$2" "$TOOLS/train.py" "$1" "${@:3}"

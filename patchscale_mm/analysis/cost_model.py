@@ -551,6 +551,34 @@ def training_activation_bytes(family: str,
             d['num_layers'] * tokens * d['embed_dims'] * 4)
 
 
+def sequence_parallel_activation_bytes(family: str,
+                                       arch: Union[str, dict],
+                                       img_size: int,
+                                       patch_size: int,
+                                       size: int,
+                                       precision: str = 'amp',
+                                       scan: str = 'kernel',
+                                       with_cp: bool = False,
+                                       mixer_cfg: Optional[dict] = None) -> int:
+    """Per-rank activations of one image whose tokens are split over
+    ``size`` ranks (:mod:`patchscale_mm.parallel.sequence`): each rank keeps
+    its shard's share of :func:`training_activation_bytes`, plus, for ViT,
+    the whole sequence's keys and values and their gradients that one
+    block's backward gathers for a moment. Adventurer's exchanged states
+    are a few hundred kilobytes, not counted."""
+    full = training_activation_bytes(family, arch, img_size, patch_size,
+                                     precision, scan, with_cp, mixer_cfg)
+    if size == 1:
+        return full
+    per_rank = -(-full // size)
+    if family == 'deit':
+        d = model_dims(family, arch, mixer_cfg)
+        tokens = num_patches(img_size, patch_size) + 1
+        element = _KIND_BYTES['act'][PRECISIONS.index(precision)]
+        per_rank += 4 * tokens * d['embed_dims'] * element
+    return per_rank
+
+
 def training_memory_bytes(family: str,
                           arch: Union[str, dict],
                           img_size: int,

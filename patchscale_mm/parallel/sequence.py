@@ -21,6 +21,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 _CURRENT: Optional['SequenceGroup'] = None
 
@@ -98,7 +99,11 @@ def shard_bounds(length: int, size: int) -> List[Tuple[int, int]]:
 # first shard has no incoming scan state, the last one holds the class
 # token). So each collective's input is made to depend on the previous
 # collective's output (a no-op for the values): backward then runs them in
-# exactly the reverse order of forward, on every rank.
+# exactly the reverse order of forward, on every rank. A block empties the
+# chain when it starts and ends (so that a block recomputed under activation
+# checkpointing does not keep its graph alive) and makes its output depend on
+# its last collective on every rank: the next block's collectives then finish
+# their backward before this block's begin.
 class _After(torch.autograd.Function):
     """``x`` unchanged, ordered after ``token`` for autograd."""
 
@@ -208,6 +213,12 @@ class _ZerosLike(torch.autograd.Function):
         return torch.zeros_like(grad)
 
 
+def zeros_in_graph(x: torch.Tensor) -> torch.Tensor:
+    """Zeros shaped like ``x``, with ``x`` kept in the graph (see
+    :class:`_ZerosLike`)."""
+    return _ZerosLike.apply(x)
+
+
 def owner_to_all(x: torch.Tensor, owner: int,
                  shards: 'TokenShards') -> torch.Tensor:
     """The owner rank's ``x`` on every rank of the group (the others pass a
@@ -216,6 +227,70 @@ def owner_to_all(x: torch.Tensor, owner: int,
     if shards.group.rank != owner:
         x = _ZerosLike.apply(x)
     return all_reduce_sum(x, shards)
+
+
+def _gather_parts(x: torch.Tensor, lengths: Sequence[int], group,
+                  dim: int) -> torch.Tensor:
+    """The whole sequence from every rank's shard, without autograd."""
+    pad = max(lengths) - x.shape[dim]
+    if pad:
+        shape = list(x.shape)
+        shape[dim] = pad
+        x = torch.cat([x, x.new_zeros(shape)], dim=dim)
+    parts = [torch.empty_like(x) for _ in lengths]
+    dist.all_gather(parts, x.contiguous(), group=group)
+    return torch.cat([p.narrow(dim, 0, n) for p, n in zip(parts, lengths)],
+                     dim=dim)
+
+
+def _scatter_sum(full: torch.Tensor, lengths: Sequence[int], rank: int,
+                 group, dim: int) -> torch.Tensor:
+    """This rank's part of the sum over ranks of ``full`` (a reduce-scatter
+    along ``dim``, as an all-reduce where the backend has none)."""
+    full = full.contiguous()
+    dist.all_reduce(full, group=group)
+    start = sum(lengths[:rank])
+    return full.narrow(dim, start, lengths[rank])
+
+
+class _ShardAttention(torch.autograd.Function):
+    """Attention of this rank's queries over the keys and values of every
+    rank, saving only the local shards: the whole sequence's keys and values
+    are gathered again in backward (as flash attention recomputes its
+    scores), so a rank keeps 1/size of the activations."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, lengths, rank, group):
+        ctx.lengths, ctx.rank, ctx.group = lengths, rank, group
+        ctx.save_for_backward(q, k, v)
+        keys, values = (_gather_parts(t, lengths, group, 2) for t in (k, v))
+        return F.scaled_dot_product_attention(q, keys, values)
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v = ctx.saved_tensors
+        keys, values = (_gather_parts(t, ctx.lengths, ctx.group, 2)
+                        for t in (k, v))
+        with torch.enable_grad():
+            q, keys, values = (t.detach().requires_grad_()
+                               for t in (q, keys, values))
+            out = F.scaled_dot_product_attention(q, keys, values)
+            dq, dkeys, dvalues = torch.autograd.grad(out, (q, keys, values),
+                                                     grad)
+        dk, dv = (_scatter_sum(t, ctx.lengths, ctx.rank, ctx.group, 2)
+                  for t in (dkeys, dvalues))
+        return dq, dk, dv, None, None, None
+
+
+def shard_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    shards: 'TokenShards') -> torch.Tensor:
+    """``scaled_dot_product_attention`` of this rank's queries (B, heads,
+    shard, dims) over the whole sequence's keys and values, whose shards
+    ``k`` and ``v`` every rank holds."""
+    group = shards.group
+    return _collective(
+        lambda t: _ShardAttention.apply(t, k, v, tuple(shards.lengths),
+                                        group.rank, group.group), q, shards)
 
 
 @dataclass(frozen=True)

@@ -35,10 +35,12 @@ FEATURE_HEADS = ('head', 'decode_head', 'auxiliary_head', 'rpn_head')
 EXTRA_KEYS = frozenset({
     'activation_checkpointing', 'compile', 'custom_imports',
     'efficient_conv_bn_eval', 'find_unused_parameters', 'gpu_ids',
-    'launcher', 'model_wrapper_cfg', 'runner_type', 'strategy', 'sync_bn',
-    'tta_model', 'tta_pipeline', 'work_dir'
+    'launcher', 'model_wrapper_cfg', 'runner_type', 'sequence_parallel',
+    'strategy', 'sync_bn', 'tta_model', 'tta_pipeline', 'work_dir'
 })
 GIB = 2**30
+# Sequence-parallel sizes the memory guard considers in its advice.
+SEQUENCE_PARALLEL_SIZES = (1, 2, 4, 8, 16, 32, 64)
 
 
 def _dotted(path: str, key) -> str:
@@ -489,6 +491,9 @@ def config_problems(cfg: Config,
     problems += backbone_problems
     if info is not None:
         problems += input_problems(cfg, info) + channel_problems(cfg, info)
+    if mode == 'train':
+        from patchscale_mm.parallel.setup import sequence_parallel_problems
+        problems += sequence_parallel_problems(cfg)
     return problems + data_problems(cfg, mode) + checkpoint_problems(
         cfg, mode)
 
@@ -505,20 +510,25 @@ class MemoryEstimate:
     batch: int
     precision: str
     with_cp: bool
-    per_image: Dict[Tuple[str, bool], int]  # (precision, with_cp) -> bytes
+    # (precision, with_cp, sequence-parallel size) -> bytes per image and rank
+    per_image: Dict[Tuple[str, bool, int], int]
     state_bytes: int
+    sequence_parallel: int = 1
 
     def total(self,
               batch: Optional[int] = None,
               precision: Optional[str] = None,
-              with_cp: Optional[bool] = None) -> int:
+              with_cp: Optional[bool] = None,
+              sequence_parallel: Optional[int] = None) -> int:
         key = (precision or self.precision,
-               self.with_cp if with_cp is None else with_cp)
+               self.with_cp if with_cp is None else with_cp,
+               sequence_parallel or self.sequence_parallel)
         batch = self.batch if batch is None else batch
         return batch * self.per_image[key] + self.state_bytes
 
     def largest_batch(self, available: int) -> int:
-        per_image = self.per_image[(self.precision, self.with_cp)]
+        per_image = self.per_image[(self.precision, self.with_cp,
+                                    self.sequence_parallel)]
         return max(0, (available - self.state_bytes) // per_image)
 
 
@@ -569,10 +579,16 @@ def estimate_training_memory(cfg: Config,
     tokens = math.ceil(h / ph) * math.ceil(w / pw)
     # The cost model takes square images: the square with as many tokens.
     side = ph * math.ceil(math.sqrt(tokens))
-    per_image = {(precision, cp): cost_model.training_activation_bytes(
-        info.family, info.arch, side, ph, precision, scan, cp,
-        info.cfg.get('mixer_cfg'))
-                 for precision in ('fp32', 'amp') for cp in (False, True)}
+    from patchscale_mm.parallel.setup import sequence_parallel_size
+    sequence_parallel = sequence_parallel_size(cfg)
+    if not isinstance(sequence_parallel, int) or sequence_parallel < 1:
+        return None  # reported by config_problems
+    per_image = {(precision, cp, size):
+                 cost_model.sequence_parallel_activation_bytes(
+                     info.family, info.arch, side, ph, size, precision, scan,
+                     cp, info.cfg.get('mixer_cfg'))
+                 for precision in ('fp32', 'amp') for cp in (False, True)
+                 for size in SEQUENCE_PARALLEL_SIZES + (sequence_parallel, )}
     built = {k: v for k, v in info.cfg.items() if k != 'init_cfg'}
     try:
         with torch.device('meta'):  # no memory, even for Huge at p1
@@ -582,7 +598,8 @@ def estimate_training_memory(cfg: Config,
     return MemoryEstimate(info, (h, w), tokens, int(loader['batch_size']),
                           _precision(cfg), bool(info.cfg.get('with_cp')),
                           per_image,
-                          cost_model.STATE_BYTES_PER_PARAM * params)
+                          cost_model.STATE_BYTES_PER_PARAM * params,
+                          sequence_parallel)
 
 
 def _meminfo_available() -> int:
@@ -654,7 +671,15 @@ def memory_problem(cfg: Config,
     if estimate.precision == 'fp32':
         fixes.append('--amp for bf16/fp16 activations on CUDA (about '
                      f"{_gib(estimate.total(precision='amp'))})")
-    per_image = estimate.per_image[(estimate.precision, estimate.with_cp)]
+    split = next((size for size in SEQUENCE_PARALLEL_SIZES
+                  if size > estimate.sequence_parallel and
+                  estimate.total(sequence_parallel=size) <= available), None)
+    if split:
+        fixes.append(f'sequence_parallel.size={split}, the tokens of each '
+                     f'image split over {split} processes (about '
+                     f'{_gib(estimate.total(sequence_parallel=split))} each)')
+    per_image = estimate.per_image[(estimate.precision, estimate.with_cp,
+                                    estimate.sequence_parallel)]
     return (f'estimated peak training memory {_gib(total)} exceeds the '
             f'{_gib(available)} {where}: {estimate.info.label()} on {h}x{w} '
             f'inputs ({estimate.tokens:,} tokens) keeps {_gib(per_image)} of '

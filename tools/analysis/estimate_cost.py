@@ -4,6 +4,8 @@ any arch, image size and patch size, beside the paper's Table 6.
     python tools/analysis/estimate_cost.py
     python tools/analysis/estimate_cost.py --models deit-s adventurer-s --img-size 128
     python tools/analysis/estimate_cost.py --measure   # also measure on this machine
+    python tools/analysis/estimate_cost.py --models adventurer-t --img-size 448 \
+        --patch-sizes 1 --sequence-parallel 1 2 4 8   # memory per rank
 
 Memory is the activation memory a training step keeps for backward, per
 image, from an analytic model of the tensors each module saves (attention
@@ -57,6 +59,11 @@ def parse_args(argv=None):
                         help='assumed model FLOPs utilisation (default: 0.33)')
     parser.add_argument('--images', type=int, default=1281167,
                         help='images per epoch (default: ImageNet-1k train)')
+    parser.add_argument(
+        '--sequence-parallel', type=int, nargs='+', metavar='SIZE',
+        help='also the activation memory per rank with each image split '
+        'over SIZE ranks (sequence_parallel.size), without and with '
+        'activation checkpointing')
     parser.add_argument('--measure', action='store_true',
                         help='also measure small settings on this machine')
     parser.add_argument('--measure-max-tokens', type=int, default=256,
@@ -155,6 +162,28 @@ def cost_tables(args, models) -> str:
     return '\n'.join(out)
 
 
+def sequence_parallel_table(args, models) -> str:
+    """Per-rank activation memory per image at each sequence-parallel
+    size, without / with activation checkpointing."""
+    sizes = args.sequence_parallel
+    rows = []
+    for name, family, arch in models:
+        for p in args.patch_sizes:
+            row = [name, p, f'{cm.num_patches(args.img_size, p) + 1:,}']
+            for size in sizes:
+                row.append(' / '.join(
+                    f'{cm.sequence_parallel_activation_bytes(family, arch, args.img_size, p, size, args.precision, args.scan, cp) / cm.MIB:,.0f}'  # noqa: E501
+                    for cp in (False, True)))
+            rows.append(row)
+    return '\n'.join([
+        '', f'Sequence parallelism at {args.img_size}px: activation MiB per '
+        f'rank and image, without / with activation checkpointing '
+        f'(precision {args.precision}).', '',
+        _table(['model', 'patch', 'tokens'] +
+               [f'size {size}' for size in sizes], rows)
+    ])
+
+
 def measure_table(args, models) -> str:
     scan = cm.active_scan('cpu')
     rows = []
@@ -202,7 +231,13 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
+    if args.sequence_parallel and min(args.sequence_parallel) < 1:
+        print('error: --sequence-parallel sizes must be at least 1',
+              file=sys.stderr)
+        return 2
     print(cost_tables(args, models))
+    if args.sequence_parallel:
+        print(sequence_parallel_table(args, models))
     if args.measure:
         print(measure_table(args, models))
     return 0

@@ -145,6 +145,15 @@ class AdventurerBlock(nn.Module):
         and the mixer passes the scan state between the shards (see
         :meth:`Mamba2Mixer.forward_segments`).
         """
+        # The collectives of one block are ordered among themselves, blocks
+        # by their data (see patchscale_mm.parallel.sequence).
+        shards.chain.clear()
+        try:
+            return self._mix_shard(x, shards)
+        finally:
+            shards.chain.clear()
+
+    def _mix_shard(self, x: torch.Tensor, shards: TokenShards) -> torch.Tensor:
         group = shards.group
         has_cls = group.rank == group.size - 1
         patches, cls = (x[:, :-1], x[:, -1:]) if has_cls else (x, None)

@@ -186,7 +186,9 @@ class PlainBackbone(BaseModule):
         return self.drop_after_pos(x + self.pos_embed_for(grid)), grid
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        group = sequence_parallel.current()
+        # Evaluation keeps whole images on each rank: inference holds one
+        # block's activations, not every block's.
+        group = sequence_parallel.current() if self.training else None
         shards = None
         if group is None:
             x, grid = self.embed(x)

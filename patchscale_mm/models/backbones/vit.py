@@ -44,7 +44,11 @@ class TransformerBlock(nn.Module):
         self.drop_path = DropPath(drop_path_rate)
 
     def forward(self, x: torch.Tensor, shards=None) -> torch.Tensor:
+        if shards is not None:  # one exchange, used on every rank
+            shards.chain.clear()
         x = x + self.drop_path(self.attn(self.ln1(x), shards))
+        if shards is not None:
+            shards.chain.clear()
         return x + self.drop_path(self.mlp(self.ln2(x)))
 
 

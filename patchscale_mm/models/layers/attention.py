@@ -59,25 +59,23 @@ class Attention(nn.Module):
         """Attention over (B, N, C) tokens; with ``shards``
         (:class:`~patchscale_mm.parallel.sequence.TokenShards`), ``x`` is
         this rank's shard and its queries attend to the keys and values of
-        the whole sequence, all-gathered (the gradients of the gathered
-        keys and values return to their ranks)."""
+        the whole sequence (:func:`~patchscale_mm.parallel.sequence.
+        shard_attention`; no attention dropout there)."""
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dims)
         dropout_p = self.attn_drop if self.training else 0.
         # Under autocast the projection, not the input, carries the compute dtype.
-        flash_attn = self._flash_attn(qkv)
-        token_dim = 1 if flash_attn is not None else 2
+        flash_attn = self._flash_attn(qkv) if shards is None else None
         if flash_attn is not None:
             q, k, v = qkv.unbind(2)  # (B, N, nh, hd)
-        else:
-            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, nh, N, hd)
-        if shards is not None:
-            k = sequence_parallel.gather_tokens(k, shards, token_dim)
-            v = sequence_parallel.gather_tokens(v, shards, token_dim)
-        if flash_attn is not None:
             x = flash_attn(q, k, v, dropout_p=dropout_p)
         else:
-            x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, nh, N, hd)
+            if shards is None:
+                x = F.scaled_dot_product_attention(q, k, v,
+                                                   dropout_p=dropout_p)
+            else:
+                x = sequence_parallel.shard_attention(q, k, v, shards)
             x = x.transpose(1, 2)
         return self.proj_drop(self.proj(x.reshape(B, N, C)))
 

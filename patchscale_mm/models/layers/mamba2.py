@@ -212,7 +212,8 @@ class Mamba2Mixer(nn.Module):
         halos = sequence_parallel.all_gather(xBC[:, xBC.shape[1] - width:],
                                              shards)
         at = order.index(shards.group.rank)
-        halo = halos[order[at - 1]] if at else torch.zeros_like(halos[0])
+        halo = halos[order[at - 1]] if at else \
+            sequence_parallel.zeros_in_graph(halos[0])
         (y, state), C = self._conv_scan(xBC, dt, halo,
                                         return_final_states=True)
         ct = compute_dtype(y, self.A_log)
@@ -220,6 +221,9 @@ class Mamba2Mixer(nn.Module):
                      self._A(y)).cumsum(dim=1)  # (B, L, h)
         states = sequence_parallel.all_gather(state.to(ct), shards)
         totals = sequence_parallel.all_gather(log_decay[:, -1], shards)
+        # The output depends on the block's last exchange on every rank,
+        # also where its result is not needed (the first segment).
+        y = y + sequence_parallel.zeros_in_graph(totals[0]).sum().to(y.dtype)
         entering = fold_states(states, totals, order[:at])
         if entering is not None:
             heads_per_group = self.nheads // self.ngroups
