@@ -367,10 +367,10 @@ def train(run: Run, config: Path, work_dir: Path, log,
            'patchscale_mm.train', str(config), '--work-dir', str(work_dir)]
     clock_path = work_dir / CLOCK_FILE
     clock = {'checkpoints': {}}
-    if resume_from:
-        cmd += ['--resume', resume_from]
-    else:  # a retrained run starts over whatever its work dir holds
+    if not resume_from:  # a retrained run starts over its work dir
         cmd += ['--no-resume']
+    else:
+        cmd += ['--resume', resume_from]
         if clock_path.is_file():
             clock = read_clock(clock_path)
         before = seconds_before(clock, resume_from)
