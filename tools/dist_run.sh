@@ -13,11 +13,13 @@ ADDR=${MASTER_ADDR:-127.0.0.1}
 RDZV=(--node_rank="${NODE_RANK:-0}" --master_addr="$ADDR"
       --master_port="${PORT:-29500}")
 if [ "${MAX_RESTARTS:-0}" != 0 ]; then
-  # The static rendezvous keeps one store across restarts, where a
-  # restarted process can read its peers' addresses from before the
-  # restart; c10d rendezvous starts each round afresh.
+  # Restarted processes must not find their peers' addresses from before
+  # the restart: the static rendezvous keeps one store for every round, and
+  # so does c10d's unless the agent stops sharing its store with the
+  # processes (then rank 0 serves a fresh store on a new port each round).
   RDZV=(--rdzv-backend=c10d --rdzv-endpoint="$ADDR:${PORT:-29500}"
         --rdzv-id="${RDZV_ID:-patchscale}")
+  export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
 fi
 exec "${PYTHON:-python3}" -m torch.distributed.run \
     --nnodes="${NNODES:-1}" \
