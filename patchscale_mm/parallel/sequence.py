@@ -182,20 +182,31 @@ def all_gather(x: torch.Tensor,
                        shards)
 
 
+def _pad_to_longest(x: torch.Tensor, lengths: Sequence[int],
+                    dim: int) -> torch.Tensor:
+    """``x`` padded with zeros along ``dim`` to the longest shard: a gather
+    needs equal shapes on every rank."""
+    pad = max(lengths) - x.shape[dim]
+    if not pad:
+        return x
+    shape = list(x.shape)
+    shape[dim] = pad
+    return torch.cat([x, x.new_zeros(shape)], dim=dim)
+
+
+def _join_shards(parts: Sequence[torch.Tensor], lengths: Sequence[int],
+                 dim: int) -> torch.Tensor:
+    """The gathered, padded shards joined into the sequence."""
+    return torch.cat([p.narrow(dim, 0, n) for p, n in zip(parts, lengths)],
+                     dim=dim)
+
+
 def gather_tokens(x: torch.Tensor, shards: 'TokenShards',
                   dim: int = 1) -> torch.Tensor:
     """The whole sequence from every rank's shard (``shards.lengths``
-    tokens along ``dim``), on every rank (padded to the longest shard for
-    the gather)."""
-    lengths = shards.lengths
-    pad = max(lengths) - x.shape[dim]
-    if pad:
-        shape = list(x.shape)
-        shape[dim] = pad
-        x = torch.cat([x, x.new_zeros(shape)], dim=dim)
-    parts = all_gather(x, shards)
-    return torch.cat(
-        [part.narrow(dim, 0, n) for part, n in zip(parts, lengths)], dim=dim)
+    tokens along ``dim``), on every rank."""
+    parts = all_gather(_pad_to_longest(x, shards.lengths, dim), shards)
+    return _join_shards(parts, shards.lengths, dim)
 
 
 class _ZerosLike(torch.autograd.Function):
@@ -232,15 +243,10 @@ def owner_to_all(x: torch.Tensor, owner: int,
 def _gather_parts(x: torch.Tensor, lengths: Sequence[int], group,
                   dim: int) -> torch.Tensor:
     """The whole sequence from every rank's shard, without autograd."""
-    pad = max(lengths) - x.shape[dim]
-    if pad:
-        shape = list(x.shape)
-        shape[dim] = pad
-        x = torch.cat([x, x.new_zeros(shape)], dim=dim)
+    x = _pad_to_longest(x, lengths, dim).contiguous()
     parts = [torch.empty_like(x) for _ in lengths]
-    dist.all_gather(parts, x.contiguous(), group=group)
-    return torch.cat([p.narrow(dim, 0, n) for p, n in zip(parts, lengths)],
-                     dim=dim)
+    dist.all_gather(parts, x, group=group)
+    return _join_shards(parts, lengths, dim)
 
 
 def _scatter_sum(full: torch.Tensor, lengths: Sequence[int], rank: int,
