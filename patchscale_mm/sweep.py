@@ -309,7 +309,7 @@ def count_params_and_flops(run: Run, config: Path) -> tuple:
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
 
-    from patchscale_mm.analysis.cost_model import flops_breakdown
+    from patchscale_mm.analysis.cost import flops_breakdown
     cfg = Config.fromfile(str(config))
     init_default_scope(cfg.default_scope)
     registry = importlib.import_module(f'{cfg.default_scope}.registry')

@@ -9,9 +9,9 @@ import os.path as osp
 from typing import Optional, Sequence
 
 from patchscale_mm.cli import base_parser, load_config, parse_args, run
+from patchscale_mm.config_checks import config_problems, format_problems
 from patchscale_mm.engine import CheckpointError, check_checkpoint_file
 from patchscale_mm.utils import apply_cli_options
-from patchscale_mm.utils.preflight import config_problems, format_problems
 
 # Each task's own visualizer: scope -> (type, drawing method, its extra
 # arguments); classifications drawn at 224 px on the short edge, detections

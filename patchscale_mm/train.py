@@ -16,6 +16,8 @@ import os.path as osp
 from typing import Optional, Sequence
 
 from patchscale_mm.cli import base_parser, load_config, parse_args, run
+from patchscale_mm.config_checks import (config_problems, format_problems,
+                                         memory_problem)
 from patchscale_mm.datasets.safe_loading import (BadSampleError,
                                                  guard_train_dataset,
                                                  pop_skip_switch)
@@ -26,8 +28,6 @@ from patchscale_mm.engine.preemption_hook import (INTERRUPTED_EXIT_CODE,
                                                   TrainingInterrupted)
 from patchscale_mm.utils import apply_cli_options
 from patchscale_mm.utils.launch import unresponsive_rank_message
-from patchscale_mm.utils.preflight import (config_problems, format_problems,
-                                           memory_problem)
 
 
 def build_parser():

@@ -11,6 +11,8 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
+from patchscale_mm.models.zoo import backbone_class
+
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ('cls', 'seg', 'det')
 CONFIGS = sorted(p for task in ZOO for p in (ROOT / 'configs' / task).glob('*.py'))
@@ -49,8 +51,8 @@ def build_on_meta(path):
 @pytest.mark.parametrize('path', SWEEP_CONFIGS, ids=lambda p: p.name)
 def test_sweep_config_builds_model(path):
     backbone = build_on_meta(path).backbone
-    family = 'PatchViT' if path.stem.endswith('_vit') else 'Adventurer'
-    assert type(backbone).__name__ == family
+    family = 'vit' if path.stem.endswith('_vit') else 'adv'
+    assert type(backbone) is backbone_class(family)
     assert backbone.embed_dims == 64 and backbone.num_layers == 4
 
 
@@ -61,8 +63,7 @@ def test_config_builds_model(path):
     backbone = build_on_meta(path).backbone
     expected = NAME.match(path.name)
     assert backbone.patch_size == (int(expected['patch']), ) * 2
-    family = dict(deit='PatchViT', adv='Adventurer')[expected['family']]
-    assert type(backbone).__name__ == family
+    assert type(backbone) is backbone_class(expected['family'])
     zoo = type(backbone).arch_zoo[expected['arch']]
     assert backbone.embed_dims == zoo['embed_dims']
     assert backbone.num_layers == zoo['num_layers']

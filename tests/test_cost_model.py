@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from patchscale_mm.analysis import cost_model as cm
+from patchscale_mm.analysis import cost as cm
+from patchscale_mm.models.zoo import parse_model_name
 from patchscale_mm.ops import ssd_scan_chunked
 
 TINY_VIT = dict(embed_dims=64, num_layers=2, num_heads=2, mlp_dims=256)
@@ -199,7 +200,7 @@ def test_bad_arguments_raise_one_clear_line():
     with pytest.raises(ValueError, match="unknown model family 'resnet'"):
         cm.activation_bytes('resnet', 'b', 224, 16)
     with pytest.raises(ValueError, match="not <family>-<arch>"):
-        cm.parse_model_name('deitb')
+        parse_model_name('deitb')
     with pytest.raises(ValueError, match="unknown precision 'fp8'"):
         cm.activation_bytes('deit', 'b', 224, 16, 'fp8')
 

@@ -67,7 +67,7 @@ def test_readme_variant_passes_the_preflight_check_as_written(tmp_path):
     """Every check but the data and the pretrained checkpoint, which are
     not on this machine."""
     from patchscale_mm.cli import load_config
-    from patchscale_mm.utils.preflight import config_problems
+    from patchscale_mm.config_checks import config_problems
     (tmp_path / 'adv_s_p4_linear_ade20k.py').write_text(VARIANT)
     cfg = load_config(str(tmp_path / 'adv_s_p4_linear_ade20k.py'))
     assert cfg.model.backbone.arch == 's' and cfg.model.decode_head.in_channels == 512

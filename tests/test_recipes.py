@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mmengine.config import Config
 
-from patchscale_mm.utils.preflight import estimate_training_memory
+from patchscale_mm.config_checks import estimate_training_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 CLS = sorted((ROOT / 'configs' / 'cls').glob('*.py'))
@@ -176,8 +176,8 @@ def test_downstream_recipe(path):
 def test_fits_an_80gb_gpu(path, monkeypatch):
     """Each shipped config fits an 80 GB GPU at its per-GPU batch, by the
     memory model the pre-flight check uses (this repository's CUDA scan)."""
-    from patchscale_mm.analysis import cost_model
-    monkeypatch.setattr(cost_model, 'active_scan', lambda device='cpu': 'kernel')
+    from patchscale_mm.analysis.cost import measure
+    monkeypatch.setattr(measure, 'active_scan', lambda device='cpu': 'kernel')
     cfg = Config.fromfile(str(path))
     estimate = estimate_training_memory(cfg, device='cuda')
     assert estimate.precision == 'amp'

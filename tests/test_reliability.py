@@ -20,6 +20,7 @@ from mmengine.logging import MessageHub, MMLogger
 from mmengine.runner.checkpoint import CheckpointLoader
 from processes import HAS_PROC, child_pids
 
+from patchscale_mm.config_checks import config_problems, memory_problem
 from patchscale_mm.datasets.fixtures import make_ade20k_fixture
 from patchscale_mm.engine import (CheckpointError, NonFiniteLossError,
                                   NonFiniteLossHook, ResumableCheckpointHook,
@@ -27,7 +28,6 @@ from patchscale_mm.engine import (CheckpointError, NonFiniteLossError,
                                   find_resumable_checkpoint)
 from patchscale_mm.engine.resumable_checkpoint_hook import (get_rng_state,
                                                             set_rng_state)
-from patchscale_mm.utils.preflight import config_problems, memory_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 SEG = 'tests/configs/seg_tiny.py'

@@ -231,8 +231,8 @@ def test_memory_guard_counts_per_rank_memory_and_names_the_split():
 
     from mmengine.config import Config
 
-    from patchscale_mm.utils.preflight import (estimate_training_memory,
-                                               memory_problem)
+    from patchscale_mm.config_checks import (estimate_training_memory,
+                                             memory_problem)
     cfg = Config.fromfile(str(ROOT / 'configs/seg/adv_b_p2_linear_ade20k.py'))
     cfg.merge_from_dict({'model.backbone.with_cp': False})
     message = memory_problem(cfg, available=40 * 2**30, where='test GPU')

@@ -13,14 +13,13 @@ _EXPORTS = {
     'fit_records': 'scaling_law',
     'load_records': 'scaling_law',
     'plot_scaling_law': 'scaling_law',
-    'activation_bytes': 'cost_model',
-    'count_flops_mmengine': 'cost_model',
-    'count_params': 'cost_model',
-    'flops_breakdown': 'cost_model',
-    'forward_flops': 'cost_model',
-    'measure_activation_bytes': 'cost_model',
-    'saved_activations': 'cost_model',
-    'training_flops': 'cost_model',
+    'activation_bytes': 'cost',
+    'count_flops_mmengine': 'cost',
+    'count_params': 'cost',
+    'flops_breakdown': 'cost',
+    'forward_flops': 'cost',
+    'measure_activation_bytes': 'cost',
+    'training_flops': 'cost',
 }
 
 __all__ = sorted(_EXPORTS)

@@ -37,11 +37,13 @@ from patchscale_mm.engine.checkpoint_io import (CheckpointError,
                                                 atomic_write,
                                                 check_checkpoint_file,
                                                 data_only_classes_allowed)
+from patchscale_mm.registry import MODELS
 from .backbones import Adventurer, PatchViT
 from .backbones.checkpoint_filter import (adapt_patch_embed, adapt_pos_embed,
                                           checkpoint_pos_grid)
 from .layers import to_2tuple
 from .layers.patch_embed import check_patch_grid
+from .zoo import arch_name, family_of
 
 StateDict = Dict[str, torch.Tensor]
 # Checked in this order when a file holds a wrapper rather than the weights;
@@ -397,13 +399,6 @@ def _reference(cls, **kwargs) -> Dict[str, torch.Tensor]:
 # ---------------------------------------------------------------------------
 # The two sources
 # ---------------------------------------------------------------------------
-def _zoo_name(cls, arch: dict) -> Optional[str]:
-    for name, cfg in cls.arch_zoo.items():
-        if all(cfg.get(k) == v for k, v in arch.items()):
-            return name
-    return None
-
-
 def convert_timm_vit(state_dict: StateDict,
                      patch_size: Optional[Sequence[int]] = None,
                      img_size: Optional[Sequence[int]] = None,
@@ -444,7 +439,7 @@ def convert_timm_vit(state_dict: StateDict,
         num_layers=_num_layers(mapped),
         mlp_dims=_first_shape(mapped,
                               ['backbone.layers.0.mlp.0.weight'])[0])
-    zoo = _zoo_name(PatchViT, arch)
+    zoo = arch_name('deit', arch)
     arch['num_heads'] = num_heads or (PatchViT.arch_zoo[zoo]['num_heads']
                                       if zoo else max(embed_dims // 64, 1))
     qkv_bias = 'backbone.layers.0.attn.qkv.bias' in mapped
@@ -522,8 +517,8 @@ def convert_adventurer(state_dict: StateDict,
 
 
 def _meta(backbone: dict, mapped: StateDict, notes: List[str]) -> dict:
-    name = _zoo_name(PatchViT if 'ViT' in backbone['type'] else Adventurer,
-                     backbone['arch'])
+    family = family_of(MODELS.get(backbone['type']))
+    name = arch_name(family, backbone['arch'])
     head = mapped.get('head.fc.weight')
     return dict(
         backbone=backbone,

@@ -33,7 +33,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from patchscale_mm.analysis import cost_model as cm
+from patchscale_mm.analysis import cost as cm
+from patchscale_mm.models.zoo import parse_model_name
 
 
 def parse_args(argv=None):
@@ -80,7 +81,7 @@ def worker(rank, size, port, setting, precision, with_cp, skip_memory,
     dist.init_process_group('gloo', rank=rank, world_size=size)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // size))
     name, img_size, patch = setting
-    _, family, arch = (name, *cm.parse_model_name(name))
+    _, family, arch = (name, *parse_model_name(name))
     torch.manual_seed(0)
     model = cm.build_backbone(family, arch, img_size, patch)
     model.with_cp = with_cp
@@ -103,7 +104,7 @@ def worker(rank, size, port, setting, precision, with_cp, skip_memory,
                  cm.saved_tensor_bytes(model, small, precision))
     traffic = Traffic()
     start = time.perf_counter()
-    with cm._autocast(precision):
+    with cm.autocast(precision):
         out = model(image)
     sum(o.float().sum() for o in out).backward()
     seconds = time.perf_counter() - start
@@ -149,7 +150,7 @@ def all_to_all_bytes(family, arch, img_size, patch, size, precision) -> int:
 def parse_setting(text: str):
     try:
         name, img_size, patch = text.split(':')
-        cm.parse_model_name(name)
+        parse_model_name(name)
         return name, int(img_size), int(patch)
     except ValueError:
         raise SystemExit(f'error: setting {text!r} is not model:img_size:patch, '
@@ -169,7 +170,7 @@ def main(argv=None) -> int:
           'peak RSS GiB | step s |')
     print('|---|---|---|---|---|---|---|---|---|')
     for name, img_size, patch in settings:
-        family, arch = cm.parse_model_name(name)
+        family, arch = parse_model_name(name)
         layers = cm.model_dims(family, arch)['num_layers']
         tokens = cm.num_patches(img_size, patch) + 1
         first = None

@@ -30,7 +30,8 @@ import sys
 
 import torch
 
-from patchscale_mm.analysis import cost_model as cm
+from patchscale_mm.analysis import cost as cm
+from patchscale_mm.models.zoo import parse_model_name
 
 
 def parse_args(argv=None):
@@ -223,7 +224,7 @@ def measure_table(args, models) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        models = [(name, *cm.parse_model_name(name)) for name in args.models]
+        models = [(name, *parse_model_name(name)) for name in args.models]
         for _, family, arch in models:
             cm.model_dims(family, arch)
         for p in args.patch_sizes:

@@ -1,6 +1,6 @@
 """Parameters and forward FLOPs of every backbone arch at every patch size.
 
-FLOPs come from the analytic model in patchscale_mm.analysis.cost_model
+FLOPs come from the analytic model in patchscale_mm.analysis.cost
 (multiply-add = 2 FLOPs; linear, conv, attention QK^T/AV and the SSD scan;
 element-wise ops left out), parameters from the built model with a linear
 classifier head, as in get_params.py.
@@ -19,7 +19,8 @@ import warnings
 
 import torch
 
-from patchscale_mm.analysis import cost_model as cm
+from patchscale_mm.analysis import cost as cm
+from patchscale_mm.models.zoo import ARCHS, FAMILIES
 
 
 def parse_args(argv=None):
@@ -46,8 +47,8 @@ def tables(args) -> str:
     header = ['| model | ' + ' | '.join(f'p{p}' for p in args.patch_sizes) +
               ' |', '|---' * (len(args.patch_sizes) + 1) + '|']
     flops, params = list(header), list(header)
-    for family in cm.FAMILIES:
-        for arch in cm.ARCHS:
+    for family in FAMILIES:
+        for arch in ARCHS:
             settings = [(family, arch, args.img_size, p, args.num_classes)
                         for p in args.patch_sizes]
             flops.append(f'| {family}-{arch} | ' + ' | '.join(

@@ -17,8 +17,9 @@ import torch
 from mmengine.registry import init_default_scope
 
 # The counting lives in the analysis package, shared with get_flops.py.
-from patchscale_mm.analysis.cost_model import ARCHS, FAMILIES, count_params
+from patchscale_mm.analysis.cost import count_params
 from patchscale_mm.cli import load_config
+from patchscale_mm.models.zoo import ARCHS, FAMILIES
 
 REGISTRIES = dict(mmpretrain='mmpretrain.registry', mmseg='mmseg.registry',
                   mmdet='mmdet.registry')

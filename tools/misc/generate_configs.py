@@ -119,12 +119,12 @@ MEMORY_BUDGET_GIB = 0.9 * GPU_MEMORY_GIB
 def memory_gib(family: str, arch: str, img_size: int, patch: int) -> tuple:
     """(GiB of weights, gradients and AdamW state; GiB of bf16 activations
     per image without and with activation checkpointing), from the memory
-    model of ``patchscale_mm.analysis.cost_model`` with this repository's
+    model of ``patchscale_mm.analysis.cost`` with this repository's
     scan kernel."""
-    from patchscale_mm.analysis import cost_model
+    from patchscale_mm.analysis import cost
     name = 'deit' if family == 'deit' else 'adventurer'
-    state = cost_model.training_memory_bytes(name, arch, img_size, patch, 0)
-    per_image = [cost_model.training_activation_bytes(
+    state = cost.training_memory_bytes(name, arch, img_size, patch, 0)
+    per_image = [cost.training_activation_bytes(
         name, arch, img_size, patch, 'amp', 'kernel', cp) for cp in (False, True)]
     return state / 2**30, per_image[0] / 2**30, per_image[1] / 2**30
 

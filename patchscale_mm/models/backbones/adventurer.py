@@ -222,6 +222,7 @@ class Adventurer(PlainBackbone):
         torch.Size([2, 256])
     """
     family = 'Adventurer'
+    family_names = ('adventurer', 'adv')  # the first is canonical
     cls_token_last = True
     # Under sequence parallelism, the causal convolution's d_conv - 1 = 3
     # input rows come from the previous shard, plus the class token.

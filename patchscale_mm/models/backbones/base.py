@@ -59,7 +59,9 @@ def expand_aliases(table: Dict[Sequence[str], dict]) -> Dict[str, dict]:
 class PlainBackbone(BaseModule):
     """Base of single-stage ("plain") backbones at any patch size.
 
-    Subclasses set ``arch_zoo``, ``family`` and ``cls_token_last`` and build
+    Subclasses set ``arch_zoo``, ``family`` (the display name),
+    ``family_names`` (the names in model names such as ``deit-b``, canonical
+    first) and ``cls_token_last``, and build
     ``self.layers`` (an ``nn.ModuleList``) and ``self.norm`` in their
     constructors after calling this one.
 
@@ -96,6 +98,7 @@ class PlainBackbone(BaseModule):
     min_shard_tokens = 1
     arch_zoo: Dict[str, dict] = {}
     family = 'backbone'
+    family_names: Tuple[str, ...] = ()
     cls_token_last = False
 
     def __init__(self,

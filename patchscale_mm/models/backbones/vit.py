@@ -80,6 +80,7 @@ class PatchViT(PlainBackbone):
         torch.Size([2, 192])
     """
     family = 'PatchViT'
+    family_names = ('deit', 'vit', 'patchvit')  # the first is canonical
     cls_token_last = False
     arch_zoo = expand_aliases({
         ('t', 'tiny', 'deit-t', 'deit-tiny'):
