@@ -1,7 +1,8 @@
-"""The text of each leaf config of the model zoo. Every leaf lists its model,
-dataset and schedule bases and the default runtime, in that order, and sets
-only what differs: arch, patch and input size, the checkpoint it loads and,
-where an 80 GB GPU needs it, the per-GPU batch or activation checkpointing."""
+"""The text of each leaf config of the model zoo. A leaf lists its model,
+dataset and schedule bases and the default runtime, in that order (Table 5's
+"by extending" leaves inherit the leaf they modify), and sets only what
+differs: arch, patch and input size, the checkpoint it loads and, where an
+80 GB GPU needs it, the per-GPU batch or activation checkpointing."""
 from zoo_recipes import (ARCH_NAMES, EXTEND_FROM, FAMILY_NAMES, GPU_MEMORY_GIB,
                          PATCHES, STAGE_BATCH, STAGE_DATA, STAGE_DROP_PATH,
                          STAGE_LABEL_SMOOTH, STAGE_RECIPES, UPERNET_WIDTHS,
