@@ -19,10 +19,10 @@ from zoo_configs import (GENERATED, cls_config, dataset_base, det_config,
                          extend_config, seg_config)
 from zoo_recipes import (ARCH_NAMES, CLS_PATCHES, CLS_STAGES, DET_BATCH,
                          DET_PATCHES, DOWNSTREAM_ARCHS, EXTEND_FROM, EXTENDED,
-                         EXTRA_CHAINS, FAMILY_NAMES, SEG_BATCH, SEG_HEADS, SEG_PATCHES,
-                         STAGE_BATCH, STAGE_DATA, WRITTEN_DATA_SIZES,
+                         EXTRA_CHAINS, FAMILY_NAMES, SEG_BATCH, SEG_HEADS,
+                         SEG_PATCHES, STAGE_DATA, WRITTEN_DATA_SIZES,
                          chain_stages, cls_name, det_name, det_side, gpu_plan,
-                         seg_name)
+                         seg_name, stage_batch)
 from zoo_tables import (README_MARKERS, paper_results, read_metafiles,
                         readme_tables)
 
@@ -34,9 +34,7 @@ def cls_row(family: str, arch: str, size: int, patch: int, stage: str,
     model = f'{FAMILY_NAMES[family]}-{arch.upper()}'
     if three_stages:
         model += f' ({stage})'
-    default, batches = STAGE_BATCH[stage]
-    plan = gpu_plan(family, arch, size, patch, default,
-                    batches[arch in ('l', 'h')])
+    plan = gpu_plan(family, arch, size, patch, *stage_batch(family, arch, stage))
     return ('cls', model, patch, f'{size}px', (size // patch)**2, path, plan)
 
 

@@ -3,8 +3,13 @@ stages of each classification chain with their recipes (paper Tables 8-10),
 the config names, and the per-GPU batch that fits an 80 GB GPU."""
 import functools
 import math
+from pathlib import Path
+
+from mmengine.config import Config
 
 from patchscale_mm.models.backbones import Adventurer, PatchViT
+
+BASES = Path(__file__).resolve().parents[2] / 'configs' / '_base_'
 
 BACKBONES = dict(deit=PatchViT, adv=Adventurer)
 ARCH_NAMES = dict(t='Tiny', s='Small', b='Base', l='Large', h='Huge')
@@ -66,14 +71,13 @@ EXTENDED = {
     ('deit', 'b', 128): (16, 8, 4),
     ('adv', 'b', 224): (16, 8, 4, 2),
 }
-# stage -> (paper table, schedule base, epochs) for Tiny/Small/Base and for
-# Large/Huge. Tables 9 and 10 list Small/Base and Large: Tiny takes the
-# Small/Base recipe and Huge the Large one.
+# stage -> (paper table, schedule base for Tiny/Small/Base, for Large/Huge).
+# Tables 9 and 10 list Small/Base and Large: Tiny takes the Small/Base recipe
+# and Huge the Large one. The schedule bases hold the epochs and global batch.
 STAGE_RECIPES = {
-    'pretrain': (8, ('cls_pretrain_300e', 300), ('cls_pretrain_large_200e', 200)),
-    'intermediate': (10, ('cls_intermediate_100e', 100),
-                     ('cls_intermediate_large_50e', 50)),
-    'finetune': (9, ('cls_finetune_20e', 20), ('cls_finetune_large_50e', 50)),
+    'pretrain': (8, 'cls_pretrain_300e', 'cls_pretrain_large_200e'),
+    'intermediate': (10, 'cls_intermediate_100e', 'cls_intermediate_large_50e'),
+    'finetune': (9, 'cls_finetune_20e', 'cls_finetune_large_50e'),
 }
 # Stochastic depth per stage and arch (Tables 8-10; Tiny as Small).
 STAGE_DROP_PATH = {
@@ -95,10 +99,6 @@ STAGE_DATA = {
 # Label smoothing where the model base's default differs: the Adventurer
 # finetuning stage (Table 9: 0.1; their other stages 0.0, DeiT 0.1).
 STAGE_LABEL_SMOOTH = {('adv', 'finetune'): 0.1}
-# Per-GPU batch of each stage's dataset base and the global batch of its
-# recipe (Tables 8-10), Tiny/Small/Base and Large/Huge.
-STAGE_BATCH = dict(pretrain=(128, (1024, 4096)), intermediate=(128, (1024, 4096)),
-                   finetune=(64, (512, 512)))
 # Input sizes with hand-written ImageNet bases; the others are generated
 # from the 224 px ones with the crops rescaled.
 WRITTEN_DATA_SIZES = (64, 128, 224)
@@ -144,8 +144,29 @@ def chain_stages(family: str, size: int) -> tuple:
     return CLS_STAGES.get((family, size), ('intermediate', 'finetune'))
 
 
+@functools.lru_cache(maxsize=None)
+def base_config(path: str) -> Config:
+    """A config of ``configs/_base_``, e.g. ``'schedules/cls_finetune_20e.py'``."""
+    return Config.fromfile(str(BASES / path))
+
+
+def stage_schedule(stage: str, arch: str) -> str:
+    """Name of the schedule base of ``stage`` for ``arch``."""
+    return STAGE_RECIPES[stage][1 + (arch in ('l', 'h'))]
+
+
 def stage_epochs(stage: str, arch: str) -> int:
-    return STAGE_RECIPES[stage][1 + (arch in ('l', 'h'))][1]
+    schedule = base_config(f'schedules/{stage_schedule(stage, arch)}.py')
+    return schedule.train_cfg.max_epochs
+
+
+def stage_batch(family: str, arch: str, stage: str) -> tuple:
+    """(per-GPU batch of the stage's dataset base, global batch of its
+    schedule)."""
+    dataset = base_config(f'datasets/imagenet_224{STAGE_DATA[(family, stage)]}.py')
+    schedule = base_config(f'schedules/{stage_schedule(stage, arch)}.py')
+    return (dataset.train_dataloader.batch_size,
+            schedule.auto_scale_lr.base_batch_size)
 
 
 def previous_stage(family: str, arch: str, size: int, patch: int,
