@@ -17,12 +17,12 @@ from pathlib import Path
 
 from zoo_configs import (GENERATED, cls_config, dataset_base, det_config,
                          extend_config, seg_config)
-from zoo_recipes import (ARCH_NAMES, CLS_PATCHES, CLS_STAGES, DET_BATCH,
+from zoo_recipes import (ARCH_NAMES, CLS_PATCHES, CLS_STAGES, DET_BASES,
                          DET_PATCHES, DOWNSTREAM_ARCHS, EXTEND_FROM, EXTENDED,
-                         EXTRA_CHAINS, FAMILY_NAMES, SEG_BATCH, SEG_HEADS,
+                         EXTRA_CHAINS, FAMILY_NAMES, SEG_BASES, SEG_HEADS,
                          SEG_PATCHES, STAGE_DATA, WRITTEN_DATA_SIZES,
                          chain_stages, cls_name, det_name, det_side, gpu_plan,
-                         seg_name, stage_batch)
+                         recipe_batch, seg_name, stage_batch)
 from zoo_tables import (README_MARKERS, paper_results, read_metafiles,
                         readme_tables)
 
@@ -95,8 +95,8 @@ def zoo():
                 path = f'configs/seg/{seg_name(arch, head, patch)}.py'
                 row = ('seg', f'Adventurer-{arch.upper()} + {head}', patch,
                        '512x512', (512 // patch)**2, path,
-                       gpu_plan('adv', arch, 512, patch, SEG_BATCH, 8 * SEG_BATCH))
-                yield path, seg_config(arch, head, patch, SEG_BATCH), row
+                       gpu_plan('adv', arch, 512, patch, *recipe_batch(*SEG_BASES)))
+                yield path, seg_config(arch, head, patch), row
     for arch in DOWNSTREAM_ARCHS:
         for patch in DET_PATCHES:
             path = f'configs/det/{det_name(arch, patch)}.py'
@@ -104,9 +104,9 @@ def zoo():
             h, w = (-(-side // divisor) * divisor for side in (800, 1333))
             row = ('det', f'Adventurer-{arch.upper()}', patch, '800x1333',
                    (h // patch) * (w // patch), path,
-                   gpu_plan('adv', arch, det_side(patch), patch, DET_BATCH,
-                            8 * DET_BATCH))
-            yield path, det_config(arch, patch, det_side(patch), DET_BATCH), row
+                   gpu_plan('adv', arch, det_side(patch), patch,
+                            *recipe_batch(*DET_BASES)))
+            yield path, det_config(arch, patch), row
 
 
 def unknown_metafile_configs(models: list, paths: set) -> list:

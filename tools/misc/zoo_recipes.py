@@ -104,12 +104,13 @@ STAGE_LABEL_SMOOTH = {('adv', 'finetune'): 0.1}
 WRITTEN_DATA_SIZES = (64, 128, 224)
 
 # Downstream tasks on Adventurer-T and -B: ADE20k (Table 2) with both heads,
-# COCO (Table 3). 16 images per step on 8 GPUs (paper Sec. 4.1).
+# COCO (Table 3); their dataset and schedule bases.
 DOWNSTREAM_ARCHS = ('t', 'b')
 SEG_PATCHES = (16, 8, 4, 2)
 SEG_HEADS = ('linear', 'upernet')
+SEG_BASES = ('ade20k_512x512', 'seg_160k')
 DET_PATCHES = (64, 32, 16, 8, 4, 2)
-SEG_BATCH, DET_BATCH = 2, 2  # per GPU
+DET_BASES = ('coco_instance_1x', 'det_1x')
 # UperNet widths (neck output, decode head channels) per arch: neck + decode
 # head of 12.5M parameters for Base and 4.8M for Tiny, the paper's 13M and 5M
 # (Table 2's totals minus the backbones).
@@ -160,13 +161,17 @@ def stage_epochs(stage: str, arch: str) -> int:
     return schedule.train_cfg.max_epochs
 
 
+def recipe_batch(dataset: str, schedule: str) -> tuple:
+    """(per-GPU batch of a dataset base, global batch of a schedule base)."""
+    return (base_config(f'datasets/{dataset}.py').train_dataloader.batch_size,
+            base_config(f'schedules/{schedule}.py').auto_scale_lr.base_batch_size)
+
+
 def stage_batch(family: str, arch: str, stage: str) -> tuple:
-    """(per-GPU batch of the stage's dataset base, global batch of its
-    schedule)."""
-    dataset = base_config(f'datasets/imagenet_224{STAGE_DATA[(family, stage)]}.py')
-    schedule = base_config(f'schedules/{stage_schedule(stage, arch)}.py')
-    return (dataset.train_dataloader.batch_size,
-            schedule.auto_scale_lr.base_batch_size)
+    """:func:`recipe_batch` of a classification stage (the dataset bases of
+    other sizes keep the 224 px batch)."""
+    return recipe_batch(f'imagenet_224{STAGE_DATA[(family, stage)]}',
+                        stage_schedule(stage, arch))
 
 
 def previous_stage(family: str, arch: str, size: int, patch: int,
