@@ -163,6 +163,12 @@ def test_downstream_recipe(path):
         assert (optimizer.lr, optimizer.weight_decay) == (5e-5, 0.01)
         assert cfg.train_cfg.max_iters == 160000
         assert [e.type for e in cfg.test_evaluator] == ['IoUMetric', 'patchscale_mm.SegTestLoss']
+        # Iterations, not epochs: a checkpoint at each validation, logs by
+        # iteration.
+        checkpoint = cfg.default_hooks.checkpoint
+        assert checkpoint.by_epoch is False and checkpoint.interval == cfg.train_cfg.val_interval
+        assert cfg.log_processor.by_epoch is False
+        assert cfg.default_hooks.logger.log_metric_by_epoch is False
     else:
         assert (optimizer.lr, optimizer.weight_decay) == (1e-4, 0.05)
         assert cfg.train_cfg.max_epochs == 12
