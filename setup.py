@@ -7,13 +7,14 @@ from setuptools import find_packages, setup
 HERE = Path(__file__).parent
 
 # Package data under patchscale_mm/.mim, where OpenMMLab tools look for a
-# package's configs and tools: MMEngine resolves `_base_ =
-# 'patchscale_mm::seg/...'` in .mim/configs and mim runs .mim/tools. In the
-# checkout both are symlinks to configs/ and tools/ (an editable install
+# package's configs, tools and model index: MMEngine resolves `_base_ =
+# 'patchscale_mm::seg/...'` in .mim/configs after reading the metafiles that
+# .mim/model-index.yml lists, and mim runs .mim/tools. In the checkout these
+# are symlinks to configs/, tools/ and model-index.yml (an editable install
 # serves the live files); a wheel gets copies.
 MIM_FILES = [
-    '.mim/model-index.yml', '.mim/configs/**/*.py', '.mim/tools/**/*.py',
-    '.mim/tools/**/*.sh'
+    '.mim/model-index.yml', '.mim/configs/**/*.py',
+    '.mim/configs/**/metafile.yml', '.mim/tools/**/*.py', '.mim/tools/**/*.sh'
 ]
 
 

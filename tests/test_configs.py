@@ -1,5 +1,7 @@
 """Every shipped config parses and builds its model, so a broken _base_
-chain fails here; the generated zoo matches its generator."""
+chain fails here; the generated zoo matches its generator and the three tasks
+compose their bases the same way."""
+import ast
 import importlib
 import re
 import subprocess
@@ -8,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
@@ -37,6 +40,57 @@ def test_generated_configs_are_up_to_date():
         [sys.executable, 'tools/misc/generate_configs.py', '--check'],
         cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def declared_bases(path):
+    """The ``_base_`` a config file names, as a list."""
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and node.targets[0].id == '_base_':
+            bases = ast.literal_eval(node.value)
+            return [bases] if isinstance(bases, str) else bases
+    return []
+
+
+def test_leaves_of_every_task_compose_the_same_way():
+    """A leaf lists a model, a dataset and a schedule base and the default
+    runtime, in that order (or extends another leaf of its task)."""
+    for path in CONFIGS:
+        bases = declared_bases(path)
+        if len(bases) == 1:
+            assert (path.parent / bases[0]).exists(), path.name
+            continue
+        folders = [Path(base).parent.name for base in bases[:3]]
+        assert folders == ['models', 'datasets', 'schedules'], path.name
+        assert bases[3] == '../_base_/default_runtime.py', path.name
+
+
+def test_bases_stay_within_their_kind_and_family():
+    """Schedules do not bring the runtime, and a model base inherits only
+    from a base of its own backbone family."""
+    base_dir = ROOT / 'configs' / '_base_'
+    for path in (base_dir / 'schedules').glob('*.py'):
+        assert all(b.startswith('./') for b in declared_bases(path)), path.name
+    for path in (base_dir / 'models').glob('*.py'):
+        family = path.stem.split('_')[0]
+        for base in declared_bases(path):
+            if '::' not in base:
+                assert Path(base).stem.split('_')[0] == family, path.name
+
+
+def test_model_index_lists_the_metafiles_of_the_zoo():
+    index = yaml.safe_load((ROOT / 'model-index.yml').read_text())
+    assert index['Import'] == [f'configs/{task}/metafile.yml' for task in ZOO]
+    # What an installed package reads.
+    assert (ROOT / 'patchscale_mm' / '.mim' / 'model-index.yml').read_text() == (
+        ROOT / 'model-index.yml').read_text()
+    for metafile in index['Import']:
+        meta = yaml.safe_load((ROOT / metafile).read_text())
+        collections = {c['Name'] for c in meta['Collections']}
+        for model in meta['Models']:
+            assert (ROOT / model['Config']).exists(), model['Name']
+            assert Path(model['Config']).stem == model['Name']
+            assert model['In Collection'] in collections
+            assert model['Results'] and all(r['Metrics'] for r in model['Results'])
 
 
 def build_on_meta(path):

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from mmengine.config import Config
 
 from patchscale_mm.config_checks import estimate_training_memory
@@ -162,6 +163,12 @@ def test_downstream_recipe(path):
         assert (optimizer.lr, optimizer.weight_decay) == (5e-5, 0.01)
         assert cfg.train_cfg.max_iters == 160000
         assert [e.type for e in cfg.test_evaluator] == ['IoUMetric', 'patchscale_mm.SegTestLoss']
+        # Iterations, not epochs: a checkpoint at each validation, logs by
+        # iteration.
+        checkpoint = cfg.default_hooks.checkpoint
+        assert checkpoint.by_epoch is False and checkpoint.interval == cfg.train_cfg.val_interval
+        assert cfg.log_processor.by_epoch is False
+        assert cfg.default_hooks.logger.log_metric_by_epoch is False
     else:
         assert (optimizer.lr, optimizer.weight_decay) == (1e-4, 0.05)
         assert cfg.train_cfg.max_epochs == 12
@@ -242,3 +249,24 @@ def test_input_size_scaling_keeps_the_sequence_length():
     readme = (ROOT / 'README.md').read_text()
     # Sec. 4.3: 0.4 above B/8 at 224 px (83.9, Table 1).
     assert re.search(r'\| Adventurer-B \(finetune\) \| 16 \| 448px \| 784 \| 84\.3 \|', readme)
+
+
+# Written from the paper: the abstract's 84.6% top-1 at 50,176 tokens
+# (Adventurer-B, pixel tokens, 224 px), Sec. 4.3's B/16 at 448 px, Table 2's
+# best linear-head mIoU and Table 3's best Base box / mask AP.
+PAPER_HEADLINES = {
+    'configs/cls/adv_b_p1_in1k_224_finetune.py': {'Top 1 Accuracy': 84.6},
+    'configs/cls/adv_b_p16_in1k_448_finetune.py': {'Top 1 Accuracy': 84.3},
+    'configs/seg/adv_b_p2_linear_ade20k.py': {'mIoU': 46.8},
+    'configs/det/adv_b_p4_cascade-mask-rcnn_coco_1x.py': {'box AP': 50.3, 'mask AP': 43.4},
+}
+
+
+def test_metafiles_hold_the_papers_headline_results():
+    metrics = {}
+    for task in ('cls', 'seg', 'det'):
+        for model in yaml.safe_load((ROOT / f'configs/{task}/metafile.yml').read_text())['Models']:
+            metrics[model['Config']] = {
+                name: value for result in model['Results'] for name, value in result['Metrics'].items()}
+    for config, expected in PAPER_HEADLINES.items():
+        assert metrics[config] == expected, config

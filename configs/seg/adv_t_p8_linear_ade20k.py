@@ -3,8 +3,14 @@
 _base_ = [
     '../_base_/models/adventurer_linear_seg.py',
     '../_base_/datasets/ade20k_512x512.py',
-    '../_base_/schedules/seg_160k.py'  # includes the default runtime
+    '../_base_/schedules/seg_160k.py', '../_base_/default_runtime.py'
 ]
+# The default runtime counts epochs, this schedule iterations: a checkpoint
+# at each validation, logs by iteration.
+default_hooks = dict(
+    checkpoint=dict(by_epoch=False, interval=_base_.train_cfg.val_interval),
+    logger=dict(log_metric_by_epoch=False))
+log_processor = dict(by_epoch=False)
 model = dict(
     backbone=dict(
         arch='t',

@@ -1,8 +1,6 @@
 # Paper Sec. 4.1, ADE20k: AdamW lr 5e-5, weight decay 0.01, batch 16
 # (8 GPUs x 2), 160k iterations; linear warmup then poly decay.
-# It includes the default runtime, whose hooks and logs it switches to
-# iterations.
-_base_ = ['./no_weight_decay.py', '../default_runtime.py']
+_base_ = './no_weight_decay.py'
 # bf16 mixed precision, as the authors' code trains (its --amp default;
 # the paper's Table 6 says float16); without a GPU, tools/train.py trains
 # the same config in float32.
@@ -21,8 +19,4 @@ train_cfg = dict(type='IterBasedTrainLoop', max_iters=160000,
                  val_interval=16000)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
-default_hooks = dict(
-    checkpoint=dict(by_epoch=False, interval=16000),
-    logger=dict(log_metric_by_epoch=False))
-log_processor = dict(by_epoch=False)
 auto_scale_lr = dict(base_batch_size=16)
