@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from .dtypes import compute_dtype
+from .dtypes import scan_compute_dtype
 
 __all__ = ['ssd_scan_kernel', 'SSDScanFn']
 
@@ -38,7 +38,7 @@ class SSDScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus,
                 dt_limit, return_final_states, chunk_size):
-        dtype = compute_dtype(x, dt, A, B, C)
+        dtype = scan_compute_dtype(x, dt, A, B, C)
         args = _prepare(x, dt, A, B, C, D, z, dt_bias, initial_states, dtype)
         out, final, states = torch.ops.patchscale_mm.ssd_fwd(
             *args, bool(dt_softplus), float(dt_limit[0]), float(dt_limit[1]),

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .dtypes import compute_dtype
+from .dtypes import scan_compute_dtype
 
 __all__ = ['ssd_scan_ref', 'ssd_scan_chunked']
 
@@ -94,7 +94,7 @@ def ssd_scan_ref(x: Tensor,
         the tuple ``(y, final_states)`` where ``final_states`` is
         ``(b, h, p, n)`` in the compute dtype (fp32, or fp64 for fp64 inputs).
     """
-    dtype = compute_dtype(x, dt, A, B, C)
+    dtype = scan_compute_dtype(x, dt, A, B, C)
     b, l, h, p = x.shape
     g, n = B.shape[-2:]
     dt = _process_dt(dt, dtype, dt_bias, dt_softplus, dt_limit)  # (b, l, h)
@@ -151,7 +151,7 @@ def ssd_scan_chunked(x: Tensor,
     Returns:
         Same as :func:`ssd_scan_ref`.
     """
-    dtype = compute_dtype(x, dt, A, B, C)
+    dtype = scan_compute_dtype(x, dt, A, B, C)
     b, l, h, p = x.shape
     g, n = B.shape[-2:]
     r = h // g  # heads per group
