@@ -40,7 +40,7 @@ class Mamba2Mixer(nn.Module):
         conv_bias (bool): Bias of the convolution. Defaults to True.
         fused (bool): Run everything between the two projections as one
             fused CPU kernel where it applies (CPU float32/bfloat16, not
-            traced); False keeps the composable modules, which are the
+            traced); False keeps the composable PyTorch ops, which are the
             reference. Defaults to True.
     """
 

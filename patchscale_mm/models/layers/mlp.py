@@ -7,7 +7,7 @@ from patchscale_mm.ops import swiglu
 
 class Mlp(nn.Module):
     """``fc2(drop(act(fc1(x))))`` then dropout, the transformer's channel
-    mixer, with timm's and mmpretrain's parameter names (``fc1``, ``fc2``).
+    mixer, with timm's parameter names (``fc1``, ``fc2``).
 
     Args:
         embed_dims (int): Input and output width.
