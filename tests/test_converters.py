@@ -441,7 +441,7 @@ def test_error_wrong_shape(tmp_path, vit_state):
     src, dst = str(tmp_path / 'src.pth'), str(tmp_path / 'out.pth')
     torch.save({'model': vit_state}, src)
     message = assert_one_line_error(src, dst, 'wrong shapes')
-    assert ('backbone.layers.1.mlp.0.weight (from blocks.1.mlp.fc1.weight) '
+    assert ('backbone.layers.1.mlp.fc1.weight (from blocks.1.mlp.fc1.weight) '
             'is (128, 64), expected (256, 64)') in message
 
 

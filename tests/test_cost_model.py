@@ -37,8 +37,7 @@ def _use_scan(monkeypatch, backend: str) -> str:
     """Selects the scan backend of ``ssd_scan``; skips when it is not built.
     Returns the matching ``scan`` name of the cost model."""
     if backend == 'cpp':
-        kernel = pytest.importorskip('patchscale_mm.ops.ssd_kernel')
-        ok, reason = kernel.load_kernels('cpu')
+        ok, reason = pytest.importorskip('patchscale_mm.ops.backend').load_kernels('cpu')
         if not ok:
             pytest.skip(reason)
     monkeypatch.setenv('PATCHSCALE_SCAN_BACKEND', backend)

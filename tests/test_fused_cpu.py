@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from patchscale_mm.models import Adventurer
-from patchscale_mm.models.backbones.adventurer import RMSNorm, SwiGLU
-from patchscale_mm.models.layers import Mamba2Mixer
+from patchscale_mm import ops
+from patchscale_mm.models.layers import Mamba2Mixer, RMSNorm, SwiGLU
 from patchscale_mm.ops import fused
-from patchscale_mm.ops.ssd_kernel import load_kernels
+from patchscale_mm.ops.backend import load_kernels
 from test_adventurer_mixer import naive_mamba2
 
 CPP_OK, CPP_REASON = load_kernels('cpu')
@@ -57,7 +57,7 @@ def fused_mixer(m):
     """m's forward through the fused Function, whatever the dtype."""
 
     def fn(u):
-        y = fused.mamba2_conv_scan_norm(
+        y = fused.fused_conv_scan_norm(
             m.in_proj(u), m.conv1d.weight, m.conv1d.bias, m.dt_bias, m.A_log, m.D,
             m.norm.weight, d_inner=m.d_inner, ngroups=m.ngroups, d_state=m.d_state,
             headdim=m.headdim, chunk_size=m.chunk_size, group_size=m.norm.group_size,
@@ -174,12 +174,43 @@ def test_mixer_dispatch():
     assert m.fused and not Mamba2Mixer(32, d_state=8, headdim=16, fused=False).fused
 
 
-def test_adventurer_mixer_cfg_turns_the_fused_kernel_off(monkeypatch):
+def spy_on(monkeypatch, name):
+    """Counts the calls of the fused function ``name`` that the ops make."""
     import importlib
-    mamba2 = importlib.import_module('patchscale_mm.models.layers.mamba2')
-    calls, kernel = [], mamba2.mamba2_conv_scan_norm
-    monkeypatch.setattr(mamba2, 'mamba2_conv_scan_norm',
-                        lambda *a, **k: calls.append(1) or kernel(*a, **k))
+    blocks = importlib.import_module('patchscale_mm.ops.blocks')
+    calls, kernel = [], getattr(blocks, name)
+    monkeypatch.setattr(blocks, name, lambda *a, **k: calls.append(1) or kernel(*a, **k))
+    return calls
+
+
+def test_ops_choose_the_fused_path(monkeypatch):
+    """rms_norm, swiglu and the mixer core take the fused kernel for float32
+    CPU tensors only, and not under PATCHSCALE_SCAN_BACKEND=torch."""
+    calls = {name: spy_on(monkeypatch, name)
+             for name in ('fused_rms_norm', 'fused_swiglu_gate', 'fused_conv_scan_norm')}
+    m, mlp, norm = Mamba2Mixer(32, d_state=8, headdim=16), SwiGLU(32, 40), RMSNorm(32)
+
+    def run(dtype):
+        m.to(dtype), mlp.to(dtype), norm.to(dtype)
+        x = torch.randn(1, 5, 32, dtype=dtype)
+        ops.rms_norm(x, (32,), norm.weight, 1e-5)
+        ops.swiglu(x, mlp.w1.weight, mlp.w1.bias, mlp.w2.weight, mlp.w2.bias)
+        m(x)
+        return {name: len(c) for name, c in calls.items()}
+
+    assert set(run(torch.float32).values()) == {1}
+    assert set(run(torch.float64).values()) == {1}
+    monkeypatch.setenv('PATCHSCALE_SCAN_BACKEND', 'torch')
+    assert set(run(torch.float32).values()) == {1}
+    # No weight or no bias: the composable path.
+    monkeypatch.delenv('PATCHSCALE_SCAN_BACKEND')
+    x = torch.randn(1, 5, 32)
+    torch.testing.assert_close(ops.rms_norm(x, (32,)), torch.nn.functional.rms_norm(x, (32,)))
+    assert len(calls['fused_rms_norm']) == 1
+
+
+def test_adventurer_mixer_cfg_turns_the_fused_kernel_off(monkeypatch):
+    calls = spy_on(monkeypatch, 'fused_conv_scan_norm')
     arch = dict(embed_dims=32, num_layers=1, mlp_dims=48)
     x = torch.randn(1, 3, 16, 16)
 
@@ -205,7 +236,7 @@ def test_swiglu_and_rmsnorm(dtype):
     x = torch.randn(2, 13, 24, dtype=dtype)
 
     def gate_fn(x):
-        return mlp.w3(fused.swiglu_gate(torch.cat([mlp.w1(x), mlp.w2(x)], -1)))
+        return mlp.w3(fused.fused_swiglu_gate(torch.cat([mlp.w1(x), mlp.w2(x)], -1)))
 
     def ref_mlp(x):
         return mlp.w3(F.silu(mlp.w1(x)) * mlp.w2(x))
@@ -215,7 +246,7 @@ def test_swiglu_and_rmsnorm(dtype):
     assert_all_close(outputs_and_grads(mlp, mlp, x), outputs_and_grads(mlp, ref_mlp, x), **tol)
 
     def rms(x):
-        return fused.rms_norm(x, norm.weight, 1e-5)
+        return fused.fused_rms_norm(x, norm.weight, 1e-5)
 
     def ref_rms(x):
         return F.rms_norm(x, (24,), norm.weight, 1e-5)

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from patchscale_mm.ops import ssd_scan, ssd_scan_chunked, ssd_scan_ref
-from patchscale_mm.ops.ssd_kernel import load_kernels
+from patchscale_mm.ops.backend import load_kernels
 
 ssd_mod = importlib.import_module('patchscale_mm.ops.ssd')
-kernel_mod = importlib.import_module('patchscale_mm.ops.ssd_kernel')
-CSRC = Path(kernel_mod.__file__).parent / 'csrc'
+backend_mod = importlib.import_module('patchscale_mm.ops.backend')
+CSRC = Path(ssd_mod.__file__).parent / 'csrc'
 
 CPP_OK, CPP_REASON = load_kernels('cpu')
 needs_cpp = pytest.mark.skipif(not CPP_OK, reason=f'C++ kernel not built: {CPP_REASON}')
@@ -259,8 +259,8 @@ def test_auto_dispatches_to_cpp_on_cpu(monkeypatch):
 
 
 def test_missing_kernel_falls_back_once_or_raises(monkeypatch):
-    monkeypatch.setattr(kernel_mod, 'load_kernels', lambda device: (False, 'not built (test)'))
-    ssd_mod._warn_fallback.cache_clear()
+    monkeypatch.setattr(backend_mod, 'load_kernels', lambda device: (False, 'not built (test)'))
+    backend_mod._warn_fallback.cache_clear()
     inp = make_inputs(l=5)
     y_torch = ssd_scan(**inp, backend='torch')
     with pytest.warns(UserWarning, match='not built'):
@@ -268,7 +268,7 @@ def test_missing_kernel_falls_back_once_or_raises(monkeypatch):
     with pytest.raises(RuntimeError, match=r"backend 'cpp' requested but not built") as e:
         ssd_scan(**inp, backend='cpp')
     assert '\n' not in str(e.value)
-    ssd_mod._warn_fallback.cache_clear()
+    backend_mod._warn_fallback.cache_clear()
 
 
 def test_backend_device_mismatch():
@@ -367,7 +367,7 @@ def test_narrower_instruction_sets(isa):
 @needs_cpp
 def test_adventurer_mixer_kernel_matches_reference(monkeypatch):
     from patchscale_mm.models.layers import Mamba2Mixer
-    mamba2 = importlib.import_module('patchscale_mm.models.layers.mamba2')
+    blocks = importlib.import_module('patchscale_mm.ops.blocks')
     torch.manual_seed(0)
     mixer = Mamba2Mixer(64, d_state=16, headdim=16, chunk_size=8).double()
     u = torch.randn(2, 21, 64, dtype=torch.float64)
@@ -380,20 +380,20 @@ def test_adventurer_mixer_kernel_matches_reference(monkeypatch):
         grads = {k: p.grad.clone() for k, p in mixer.named_parameters()}
         return y.detach(), uu.grad, grads
 
-    calls, kernel = [], kernel_mod.ssd_scan_kernel
+    calls, kernel = [], ssd_mod.ssd_scan_kernel
 
     def spy_kernel(*args, **kwargs):
         calls.append(1)
         return kernel(*args, **kwargs)
 
-    monkeypatch.setattr(kernel_mod, 'ssd_scan_kernel', spy_kernel)
+    monkeypatch.setattr(ssd_mod, 'ssd_scan_kernel', spy_kernel)
     y_k, gu_k, g_k = outputs_and_grads()  # the default dispatch: the C++ kernel
     assert calls, 'the mixer did not reach the compiled kernel'
 
     def ref(x, dt, A, B, C, chunk_size=256, backend=None, **kw):
         return ssd_scan_ref(x, dt, A, B, C, **kw)
 
-    monkeypatch.setattr(mamba2, 'ssd_scan', ref)
+    monkeypatch.setattr(blocks, 'ssd_scan', ref)
     y_r, gu_r, g_r = outputs_and_grads()
     torch.testing.assert_close(y_k, y_r, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(gu_k, gu_r, rtol=1e-10, atol=1e-10)
@@ -506,8 +506,8 @@ def test_check_cuda_scan_takes_mamba_ssm_kernels_from_a_source_tree(
     monkeypatch.setattr(sys, 'path', list(sys.path))
     try:
         version = tool.load_mamba_ssm_source(tmp_path)
-        from patchscale_mm.ops import ssd
-        fn, reason = ssd._load_mamba_ssm.__wrapped__()
+        from patchscale_mm.ops import backend
+        fn, reason = backend.load_mamba_ssm.__wrapped__()
         assert reason is None and fn() == 'from the tree'
         assert version.startswith('9.8.7 ')
     finally:

@@ -10,6 +10,7 @@ from patchscale_mm.ops import ssd_scan, ssd_scan_chunked, ssd_scan_ref
 # The package re-exports the function `ssd_scan`, which shadows the submodule of
 # the same name as an attribute, so fetch the module itself for monkeypatching.
 ssd_mod = importlib.import_module('patchscale_mm.ops.ssd')
+backend_mod = importlib.import_module('patchscale_mm.ops.backend')
 
 
 def make_inputs(b=2, l=7, h=4, p=3, g=2, n=5, dtype=torch.float64, seed=0,
@@ -200,8 +201,8 @@ def test_mamba_ssm_kwargs_are_passed_through(monkeypatch):
         seen.update(chunk_size=chunk_size, dt_softplus=dt_softplus, D=D)
         return x
 
-    monkeypatch.setattr(ssd_mod, '_load_mamba_ssm', lambda: (fake, None))
-    monkeypatch.setattr(ssd_mod, 'resolve_backend', lambda backend, x, inputs: 'mamba_ssm')
+    monkeypatch.setattr(ssd_mod, 'load_mamba_ssm', lambda: (fake, None))
+    monkeypatch.setattr(ssd_mod, 'resolve_scan_backend', lambda backend, x, inputs: 'mamba_ssm')
     inp = make_inputs(l=3)
     assert ssd_scan(**inp, dt_softplus=True, chunk_size=8) is inp['x']
     assert seen['chunk_size'] == 8 and seen['dt_softplus'] and seen['D'] is inp['D']
@@ -217,18 +218,17 @@ def test_auto_prefers_mamba_ssm_on_cuda_then_our_kernel_then_torch(monkeypatch):
                                          dtype=torch.float64)
     on_cpu = torch.empty(0)
     built = {'cpu': (True, None), 'cuda': (True, None)}
-    monkeypatch.setattr(importlib.import_module('patchscale_mm.ops.ssd_kernel'),
-                        'load_kernels', lambda device_type: built[device_type])
-    monkeypatch.setattr(ssd_mod, '_load_mamba_ssm', lambda: (object(), None))
-    assert ssd_mod.resolve_backend(None, on_cuda) == 'mamba_ssm'
-    assert ssd_mod.resolve_backend(None, fp64_on_cuda) == 'cuda'  # TF32 is not fp64
-    assert ssd_mod.resolve_backend('auto', on_cpu) == 'cpp'
-    assert ssd_mod.resolve_backend('cuda', on_cuda) == 'cuda'
-    monkeypatch.setattr(ssd_mod, '_load_mamba_ssm', lambda: (None, 'ImportError'))
-    assert ssd_mod.resolve_backend(None, on_cuda) == 'cuda'
+    monkeypatch.setattr(backend_mod, 'load_kernels', lambda device_type: built[device_type])
+    monkeypatch.setattr(backend_mod, 'load_mamba_ssm', lambda: (object(), None))
+    assert backend_mod.resolve_scan_backend(None, on_cuda) == 'mamba_ssm'
+    assert backend_mod.resolve_scan_backend(None, fp64_on_cuda) == 'cuda'  # TF32 is not fp64
+    assert backend_mod.resolve_scan_backend('auto', on_cpu) == 'cpp'
+    assert backend_mod.resolve_scan_backend('cuda', on_cuda) == 'cuda'
+    monkeypatch.setattr(backend_mod, 'load_mamba_ssm', lambda: (None, 'ImportError'))
+    assert backend_mod.resolve_scan_backend(None, on_cuda) == 'cuda'
     built['cuda'] = (False, 'no CUDA kernel in this test build')
     with pytest.warns(UserWarning, match='no CUDA kernel in this test build'):
-        assert ssd_mod.resolve_backend(None, on_cuda) == 'torch'
+        assert backend_mod.resolve_scan_backend(None, on_cuda) == 'torch'
 
 
 def test_auto_keeps_inputs_past_32_bit_offsets_off_mamba_ssm(monkeypatch):
@@ -236,9 +236,8 @@ def test_auto_keeps_inputs_past_32_bit_offsets_off_mamba_ssm(monkeypatch):
     (state-spaces/mamba#1015). Adventurer-B/1 at 224 px: dt is a view of the
     fused projection, 50,178 tokens x 3,224 channels per image, so batch 14
     passes 2**31 elements; batch 13 does not."""
-    monkeypatch.setattr(importlib.import_module('patchscale_mm.ops.ssd_kernel'),
-                        'load_kernels', lambda device_type: (True, None))
-    monkeypatch.setattr(ssd_mod, '_load_mamba_ssm', lambda: (object(), None))
+    monkeypatch.setattr(backend_mod, 'load_kernels', lambda device_type: (True, None))
+    monkeypatch.setattr(backend_mod, 'load_mamba_ssm', lambda: (object(), None))
     on_cuda = types.SimpleNamespace(device=torch.device('cuda'), is_cuda=True,
                                     dtype=torch.float32)
     L, width, heads = 50178, 3224, 24
@@ -246,15 +245,15 @@ def test_auto_keeps_inputs_past_32_bit_offsets_off_mamba_ssm(monkeypatch):
     def dt_view(batch):  # (b, L, h) inside the (b, L, 3224) projection
         return torch.empty_strided((batch, L, heads), (L * width, width, 1), device='meta')
 
-    assert ssd_mod.int32_offset_overflow(None, dt_view(13)) is None
-    reason = ssd_mod.int32_offset_overflow(None, dt_view(14))
+    assert backend_mod.int32_offset_overflow(None, dt_view(13)) is None
+    reason = backend_mod.int32_offset_overflow(None, dt_view(14))
     assert reason.startswith('dt spans 2,264,834,208 elements (batch 14 x stride 161,773,872)')
-    assert ssd_mod.resolve_backend(None, on_cuda, (None, dt_view(13))) == 'mamba_ssm'
+    assert backend_mod.resolve_scan_backend(None, on_cuda, (None, dt_view(13))) == 'mamba_ssm'
     with pytest.warns(UserWarning, match="not mamba_ssm's: dt spans"):
-        assert ssd_mod.resolve_backend(None, on_cuda, (None, dt_view(14))) == 'cuda'
+        assert backend_mod.resolve_scan_backend(None, on_cuda, (None, dt_view(14))) == 'cuda'
     # A contiguous x of 2**31 elements: batch x tokens x heads x headdim.
     x = torch.empty((1, 2**31 // 64, 1, 64), device='meta')
-    assert ssd_mod.int32_offset_overflow(x).startswith('x spans 2,147,483,648')
+    assert backend_mod.int32_offset_overflow(x).startswith('x spans 2,147,483,648')
 
 
 @pytest.mark.parametrize('name,bad', [

@@ -269,6 +269,56 @@ def test_checkpoint_without_class_entry_loads(log_capture):
     assert torch.equal(target.pos_embed[:, 1:], state['pos_embed'])
 
 
+def sequential_mlp_keys(state):
+    """``state`` with the MLP keys an ``nn.Sequential`` MLP has (mlp.0, mlp.3)."""
+    return {k.replace('.mlp.fc1.', '.mlp.0.').replace('.mlp.fc2.', '.mlp.3.'): v
+            for k, v in state.items()}
+
+
+def test_sequential_mlp_keys_load_into_fc1_fc2(tmp_path):
+    torch.manual_seed(0)
+    source = build('vit', img_size=32, patch_size=8).eval()
+    old = sequential_mlp_keys(source.state_dict())
+    assert 'layers.1.mlp.3.bias' in old and 'layers.1.mlp.fc2.bias' not in old
+    target = build('vit', img_size=32, patch_size=8).eval()
+    target.load_state_dict(old, strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(target(x)[-1], source(x)[-1])
+    # A full model's checkpoint, through mmengine's loader.
+    path = str(tmp_path / 'old_mlp_keys.pth')
+    save_checkpoint({f'backbone.{k}': v for k, v in old.items()}, {}, path)
+    wrapper = nn.Module()
+    wrapper.backbone = build('vit', img_size=32, patch_size=8).eval()
+    load_checkpoint(wrapper, path, strict=True)
+    with torch.no_grad():
+        assert torch.equal(wrapper.backbone(x)[-1], source(x)[-1])
+
+
+class SequentialMlp(nn.Sequential):
+    """The transformer MLP as an ``nn.Sequential`` (keys mlp.0, mlp.3)."""
+
+    def __init__(self, embed_dims, hidden_dims, drop=0.):
+        super().__init__(
+            nn.Linear(embed_dims, hidden_dims), nn.GELU(), nn.Dropout(drop),
+            nn.Linear(hidden_dims, embed_dims), nn.Dropout(drop))
+
+
+def test_mlp_init_matches_a_sequential_mlp(monkeypatch):
+    """fc1 and fc2 draw their initial weights in the order of the positional
+    layers, so a seed gives the same model under either naming."""
+    torch.manual_seed(0)
+    model = build('vit', img_size=32, patch_size=8)
+    monkeypatch.setattr('patchscale_mm.models.backbones.vit.Mlp', SequentialMlp)
+    torch.manual_seed(0)
+    sequential = build('vit', img_size=32, patch_size=8)
+    assert 'layers.0.mlp.0.weight' in sequential.state_dict()
+    expected = sequential_mlp_keys(model.state_dict())
+    assert expected.keys() == sequential.state_dict().keys()
+    for name, value in sequential.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+
+
 def test_width_mismatch_is_left_to_the_usual_error():
     source = PatchViT(arch=dict(TINY_VIT, embed_dims=16), img_size=32,
                       patch_size=16)

@@ -81,10 +81,8 @@ TIMM_VIT_RULES = _rules(
     (r'blocks\.(\d+)\.attn\.(qkv|proj)\.(weight|bias)',
      r'backbone.layers.\1.attn.\2.\3'),
     (r'blocks\.(\d+)\.norm2\.(weight|bias)', r'backbone.layers.\1.ln2.\2'),
-    (r'blocks\.(\d+)\.mlp\.fc1\.(weight|bias)',
-     r'backbone.layers.\1.mlp.0.\2'),
-    (r'blocks\.(\d+)\.mlp\.fc2\.(weight|bias)',
-     r'backbone.layers.\1.mlp.3.\2'),
+    (r'blocks\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)',
+     r'backbone.layers.\1.mlp.\2.\3'),
     (r'norm\.(weight|bias)', r'backbone.norm.\1'),
     (r'head\.(weight|bias)', r'head.fc.\1'),
 )
@@ -438,7 +436,7 @@ def convert_timm_vit(state_dict: StateDict,
         embed_dims=embed_dims,
         num_layers=_num_layers(mapped),
         mlp_dims=_first_shape(mapped,
-                              ['backbone.layers.0.mlp.0.weight'])[0])
+                              ['backbone.layers.0.mlp.fc1.weight'])[0])
     zoo = arch_name('deit', arch)
     arch['num_heads'] = num_heads or (PatchViT.arch_zoo[zoo]['num_heads']
                                       if zoo else max(embed_dims // 64, 1))

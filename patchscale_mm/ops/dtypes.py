@@ -1,4 +1,11 @@
-"""The one rule for the dtype that scans and norms compute in."""
+"""The dtype rules of the ops: what they compute in and what they return.
+
+Every op computes in :func:`compute_dtype` of its inputs and returns its
+result in the dtype of its activation input (``x``; a bf16 activation under
+autocast stays bf16), each gradient in the dtype of its input. Layers that
+upcast on their own (norms, the sequence-parallel state passing, position
+embedding resampling) use the same function.
+"""
 import torch
 from torch import Tensor
 
@@ -14,3 +21,12 @@ def compute_dtype(*tensors: Tensor) -> torch.dtype:
     for t in tensors:
         dtype = torch.promote_types(dtype, t.dtype)
     return dtype
+
+
+def scan_compute_dtype(x: Tensor, dt: Tensor, A: Tensor, B: Tensor,
+                       C: Tensor) -> torch.dtype:
+    """The dtype of every implementation of the scan: :func:`compute_dtype`
+    of the tensors the recurrence multiplies. ``D``, ``z``, ``dt_bias`` and
+    the initial state are cast to it, the final state is returned in it and
+    ``y`` in the dtype of ``x``."""
+    return compute_dtype(x, dt, A, B, C)

@@ -10,21 +10,20 @@ in one pass over token rows, read slices of the projection in place, and
 write gradients straight into the slices of one gradient buffer.
 
 Every Function here computes what its composable counterpart in
-``patchscale_mm.models`` computes (the tests compare both, values and
-gradients); the models take these paths for float32 and bfloat16 CPU tensors
-when the extension is built.
+:mod:`.blocks` computes (the tests compare both, values and gradients); the
+functions of :mod:`.blocks` take these paths where
+:func:`fused_cpu_available` says so.
 """
 import math
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from torch import Tensor
 
+from .backend import load_kernels, resolve_scan_backend
 from .dtypes import compute_dtype
-from .ssd import resolve_backend
-from .ssd_kernel import load_kernels
 
-__all__ = ['fused_cpu_available', 'mamba2_conv_scan_norm', 'swiglu_gate', 'rms_norm']
+__all__ = ['fused_cpu_available', 'fused_conv_scan_norm', 'fused_swiglu_gate', 'fused_rms_norm']
 
 FUSED_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -41,7 +40,7 @@ def fused_cpu_available(x: Tensor) -> bool:
     """
     return (x.device.type == 'cpu' and x.dtype in FUSED_DTYPES and not torch.jit.is_tracing()
             and not torch.compiler.is_compiling() and load_kernels('cpu')[0]
-            and resolve_backend(None, x) == 'cpp')
+            and resolve_scan_backend(None, x) == 'cpp')
 
 
 def _ops():
@@ -134,10 +133,10 @@ def _scan_args(dt, A_log, D, dt_bias, nheads, headdim, ct):
             D.to(ct)[:, None].expand(nheads, headdim).contiguous(), dt_bias.to(ct).contiguous())
 
 
-def mamba2_conv_scan_norm(zxbcdt: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor],
-                          dt_bias: Tensor, A_log: Tensor, D: Tensor, norm_weight: Tensor, *,
-                          d_inner: int, ngroups: int, d_state: int, headdim: int,
-                          chunk_size: int, group_size: int, eps: float) -> Tensor:
+def fused_conv_scan_norm(zxbcdt: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor],
+                         dt_bias: Tensor, A_log: Tensor, D: Tensor, norm_weight: Tensor, *,
+                         d_inner: int, ngroups: int, d_state: int, headdim: int,
+                         chunk_size: int, group_size: int, eps: float) -> Tensor:
     """The Mamba-2 mixer between its two projections, fused.
 
     Args:
@@ -150,7 +149,8 @@ def mamba2_conv_scan_norm(zxbcdt: Tensor, conv_weight: Tensor, conv_bias: Option
 
     Returns:
         ``rmsnorm(scan(silu(conv(xBC))) * silu(z)) * norm_weight``,
-        ``(b, l, d_inner)`` in the dtype of ``zxbcdt``; the scan runs in fp32.
+        ``(b, l, d_inner)`` in the dtype of ``zxbcdt``; the scan computes in
+        ``compute_dtype(zxbcdt)``.
     """
     cfg = (d_inner, ngroups, d_state, headdim, chunk_size, group_size, eps)
     return _Mamba2ConvScanNorm.apply(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D,
@@ -176,7 +176,7 @@ class _SwiGLUGate(torch.autograd.Function):
         return ab
 
 
-def swiglu_gate(ab: Tensor) -> Tensor:
+def fused_swiglu_gate(ab: Tensor) -> Tensor:
     """``silu(a) * b`` for ``ab = [a | b]`` along the last dimension (the
     stacked outputs of SwiGLU's w1 and w2), in one pass; backward likewise."""
     return _SwiGLUGate.apply(ab)
@@ -201,6 +201,6 @@ class _RMSNorm(torch.autograd.Function):
         return dx, dweight.to(weight.dtype), None
 
 
-def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+def fused_rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     """``F.rms_norm(x, (C,), weight, eps)`` over the last dimension."""
     return _RMSNorm.apply(x, weight, eps)

@@ -1,59 +1,21 @@
 """The fused selective-scan kernels of this repository behind one autograd Function.
 
-``patchscale_mm.ops._C`` (C++, built by ``pip install -e .`` on any machine)
-defines the ops ``torch.ops.patchscale_mm.ssd_fwd`` / ``ssd_bwd`` and their
-CPU implementation; ``patchscale_mm.ops._C_cuda`` (built only where CUDA is
-available) adds the CUDA implementation of the same ops, so the op dispatches
-on the tensors' device. Both are imported softly: :func:`load_kernels` says
-why a kernel is missing instead of raising at import time.
+``torch.ops.patchscale_mm.ssd_fwd`` / ``ssd_bwd`` dispatch on the tensors'
+device to the C++ (``patchscale_mm.ops._C``) or CUDA (``_C_cuda``)
+implementation; :func:`~.backend.load_kernels` says whether they are built.
 
 The forward saves only the inputs and the state entering every chunk,
 ``(b, h, L / chunk_size, n, p)``; the backward recomputes the per-token states
 chunk by chunk and never holds ``(b, L, h, p, n)``.
 """
-import importlib
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from .dtypes import compute_dtype
+from .dtypes import scan_compute_dtype
 
-__all__ = ['load_kernels', 'ssd_scan_kernel', 'SSDScanFn']
-
-
-def _import_kernels(device_type: str) -> Tuple[bool, Optional[str]]:
-    names = {'cpu': ['_C'], 'cuda': ['_C', '_C_cuda']}
-    if device_type not in names:
-        return False, f'no kernel for device type {device_type!r}'
-    for name in names[device_type]:  # _C first: it defines the op schemas
-        try:
-            importlib.import_module(f'patchscale_mm.ops.{name}')
-        except Exception as e:  # ImportError, or an extension built for another torch
-            hint = ('built by `pip install --no-build-isolation -e .` where a GPU '
-                    'is visible or PATCHSCALE_FORCE_CUDA=1' if name == '_C_cuda' else
-                    'built by `pip install --no-build-isolation -e .`')
-            msg = f'{type(e).__name__}: {e}'.splitlines()[0]
-            return False, f'patchscale_mm.ops.{name} is not available ({msg}); it is {hint}'
-    return True, None
-
-
-# Filled at import, so that torch.compile, tracing load_kernels, only reads a
-# dict (it does not trace imports).
-_STATUS = {device_type: _import_kernels(device_type) for device_type in ('cpu', 'cuda')}
-
-
-def load_kernels(device_type: str) -> Tuple[bool, Optional[str]]:
-    """Whether the compiled kernel for ``'cpu'`` or ``'cuda'`` is usable.
-
-    Returns:
-        ``(True, None)`` when the ops are usable on that device, else
-        ``(False, reason)`` with a one-line reason.
-    """
-    status = _STATUS.get(device_type)
-    if status is None:
-        status = _STATUS[device_type] = _import_kernels(device_type)
-    return status
+__all__ = ['ssd_scan_kernel', 'SSDScanFn']
 
 
 def _prepare(x, dt, A, B, C, D, z, dt_bias, initial_states, dtype):
@@ -76,7 +38,7 @@ class SSDScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus,
                 dt_limit, return_final_states, chunk_size):
-        dtype = compute_dtype(x, dt, A, B, C)
+        dtype = scan_compute_dtype(x, dt, A, B, C)
         args = _prepare(x, dt, A, B, C, D, z, dt_bias, initial_states, dtype)
         out, final, states = torch.ops.patchscale_mm.ssd_fwd(
             *args, bool(dt_softplus), float(dt_limit[0]), float(dt_limit[1]),

@@ -341,7 +341,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     if args.probe:
         return run_probe(args)
-    from patchscale_mm.ops.ssd_kernel import load_kernels
+    from patchscale_mm.ops.backend import load_kernels
     ok, reason = load_kernels('cpu')
     if not ok:
         sys.exit(f'benchmark_scan: the C++ kernel is not available: {reason}')

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from patchscale_mm.ops import ssd_scan, ssd_scan_chunked, ssd_scan_ref
-from patchscale_mm.ops.ssd_kernel import load_kernels
+from patchscale_mm.ops.backend import load_kernels
 
 # (b, l, h, p, g, n, chunk, D, z, dt_bias, initial_states, softplus)
 CASES = [

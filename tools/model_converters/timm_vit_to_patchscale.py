@@ -26,8 +26,7 @@ cls_token, pos_embed               backbone.cls_token, backbone.pos_embed
 blocks.i.norm1.*                   backbone.layers.i.ln1.*
 blocks.i.attn.{qkv,proj}.*         backbone.layers.i.attn.{qkv,proj}.*
 blocks.i.norm2.*                   backbone.layers.i.ln2.*
-blocks.i.mlp.fc1.*                 backbone.layers.i.mlp.0.*
-blocks.i.mlp.fc2.*                 backbone.layers.i.mlp.3.*
+blocks.i.mlp.{fc1,fc2}.*           backbone.layers.i.mlp.{fc1,fc2}.*
 norm.*                             backbone.norm.*
 head.*                             head.fc.* (mmpretrain ``LinearClsHead``)
 blocks.i.ls1.gamma / ls2.gamma     folded into attn.proj / mlp.fc2 (DeiT III;

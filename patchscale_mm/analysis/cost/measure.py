@@ -16,10 +16,10 @@ def active_scan(device: str = 'cpu') -> str:
     """The scan implementation :func:`patchscale_mm.ops.ssd_scan` runs on
     ``device`` now (honouring ``$PATCHSCALE_SCAN_BACKEND``), as a ``scan``
     name of :func:`~.memory.activation_bytes`."""
-    from patchscale_mm.ops import ssd
+    from patchscale_mm.ops import resolve_scan_backend
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # the once-only fallback warning
-        backend = ssd.resolve_backend(None, torch.empty(0, device=device))
+        backend = resolve_scan_backend(None, torch.empty(0, device=device))
     return {'cpp': 'fused_cpu', 'cuda': 'kernel'}.get(backend, backend)
 
 

@@ -11,14 +11,12 @@ tokens ("heading average"), so even the first patch sees a global summary.
 from typing import Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from patchscale_mm.ops import fused
 from patchscale_mm.parallel import sequence as sequence_parallel
 from patchscale_mm.parallel.sequence import TokenShards
 from patchscale_mm.registry import MODELS
-from ..layers import DropPath, Mamba2Mixer
+from ..layers import DropPath, Mamba2Mixer, RMSNorm, SwiGLU
 from .base import (PlainBackbone, expand_aliases, init_linear,
                    linear_drop_path_rates)
 
@@ -61,41 +59,6 @@ def adventurer_drop_path_rates(max_rate: float, num_layers: int,
         return [0.] + linear_drop_path_rates(max_rate, num_layers)[:num_layers - 1]
     raise ValueError(f'unknown drop_path_schedule {schedule!r}; valid: '
                      f'{", ".join(DROP_PATH_SCHEDULES)}')
-
-
-class RMSNorm(nn.RMSNorm):
-    """``nn.RMSNorm`` over the last dimension, through one fused kernel
-    (forward and backward) on float32/bfloat16 CPU tensors."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (self.weight is None or len(self.normalized_shape) != 1
-                or not fused.fused_cpu_available(x)):
-            return super().forward(x)
-        eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
-        return fused.rms_norm(x, self.weight, eps)
-
-
-class SwiGLU(nn.Module):
-    """``w3(silu(w1 x) * w2 x)``, the channel mixer of Adventurer blocks.
-
-    On float32/bfloat16 CPU tensors w1 and w2 run as one matmul (their
-    weights stacked) and the gate as one fused pass. w3 stays the last
-    matmul, after every tensor the backward needs is saved, so that
-    activation checkpointing stops its recomputation before it.
-    """
-
-    def __init__(self, embed_dims: int, hidden_dims: int):
-        super().__init__()
-        self.w1 = nn.Linear(embed_dims, hidden_dims)
-        self.w2 = nn.Linear(embed_dims, hidden_dims)
-        self.w3 = nn.Linear(hidden_dims, embed_dims)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fused.fused_cpu_available(x) and self.w1.bias is not None:
-            ab = F.linear(x, torch.cat([self.w1.weight, self.w2.weight]),
-                          torch.cat([self.w1.bias, self.w2.bias]))
-            return self.w3(fused.swiglu_gate(ab))
-        return self.w3(F.silu(self.w1(x)) * self.w2(x))
 
 
 class AdventurerBlock(nn.Module):

@@ -13,7 +13,7 @@ from torch.utils.checkpoint import checkpoint
 from ..layers import (PatchEmbed, resample_abs_pos_embed, resize_token_grid,
                       to_2tuple)
 from ..layers.patch_embed import check_patch_grid
-from .checkpoint_filter import adapt_backbone_state_dict
+from .checkpoint_filter import adapt_backbone_state_dict, rename_keys
 from patchscale_mm.parallel import sequence as sequence_parallel
 
 
@@ -94,6 +94,9 @@ class PlainBackbone(BaseModule):
             e.g. ``dict(type='Pretrained', checkpoint=...)``.
     """
     OUT_TYPES = ('cls_token', 'featmap', 'avg_featmap', 'raw')
+    # (pattern, template) pairs that map keys of checkpoints saved under
+    # other module names to this model's (see checkpoint_filter.rename_keys).
+    checkpoint_key_renames: Tuple[Tuple[str, str], ...] = ()
     # Fewest tokens per rank under sequence parallelism.
     min_shard_tokens = 1
     arch_zoo: Dict[str, dict] = {}
@@ -294,11 +297,17 @@ class PlainBackbone(BaseModule):
 
     # -- checkpoint loading ---------------------------------------------------
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        """Resamples a checkpoint's ``pos_embed`` and patch-embedding kernel
-        to this model's grid and patch size before they are loaded, so that
+        """Renames keys saved under other module names
+        (``checkpoint_key_renames``) and resamples a checkpoint's
+        ``pos_embed`` and patch-embedding kernel to this model's grid and
+        patch size before they are loaded, so that
         ``init_cfg=dict(type='Pretrained')``, ``load_from`` and
         ``load_checkpoint`` accept weights of another resolution or patch
         size (see :func:`adapt_backbone_state_dict`)."""
+        renamed = rename_keys(state_dict, prefix, self.checkpoint_key_renames)
+        if renamed:
+            print_log(f'{self.family}: renamed {renamed} checkpoint keys to '
+                      'the current module names', logger='current')
         changes = adapt_backbone_state_dict(
             state_dict, prefix, self.patch_resolution, self.num_extra_tokens,
             self.pos_embed.shape, self.patch_embed.projection.weight.shape)

@@ -1,14 +1,16 @@
-"""Fitting a checkpoint's embeddings to a backbone of another grid or patch.
+"""Fitting a checkpoint to a backbone of another grid or patch, or of
+other key names.
 
 A plain backbone has two tensors whose shapes depend on the geometry: the
 position embedding (one vector per token of the grid, plus the class token)
 and the patch-embedding kernel (p x p). Everything else has the same shape at
 every patch size, so a checkpoint trained at p16 loads into a p8 or p4 model
 once these two are resampled. :class:`PlainBackbone` applies
-:func:`adapt_backbone_state_dict` when a state dict is loaded into it; the
-checkpoint converters use the same functions.
+:func:`rename_keys` and :func:`adapt_backbone_state_dict` when a state dict
+is loaded into it; the checkpoint converters use the same functions.
 """
 import math
+import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -188,3 +190,31 @@ def adapt_backbone_state_dict(state_dict: Dict[str, torch.Tensor],
         state_dict[key], note = adapt_patch_embed(value, kernel_shape[-2:])
         changes.append(note)
     return [note for note in changes if note]
+
+
+def rename_keys(state_dict: Dict[str, torch.Tensor], prefix: str,
+                renames: Sequence[Tuple[str, str]]) -> int:
+    """Renames keys of a state dict under ``prefix``, in place.
+
+    Args:
+        state_dict (dict): The state dict being loaded (modified in place).
+        prefix (str): The backbone's key prefix in it, e.g. ``'backbone.'``.
+        renames (Sequence[tuple[str, str]]): ``(pattern, template)`` pairs; a
+            key whose part after ``prefix`` starts with a match of
+            ``pattern`` gets that match replaced by ``match.expand(template)``.
+            The first matching pair wins.
+
+    Returns:
+        int: How many keys were renamed.
+    """
+    renamed = 0
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        name = key[len(prefix):]
+        for pattern, template in renames:
+            match = re.match(pattern, name)
+            if match:
+                new_name = match.expand(template) + name[match.end():]
+                state_dict[prefix + new_name] = state_dict.pop(key)
+                renamed += 1
+                break
+    return renamed

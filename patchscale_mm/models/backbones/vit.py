@@ -5,18 +5,9 @@ import torch
 from torch import nn
 
 from patchscale_mm.registry import MODELS
-from ..layers import Attention, DropPath
+from ..layers import Attention, DropPath, Mlp
 from .base import (PlainBackbone, expand_aliases, init_linear,
                    linear_drop_path_rates)
-
-
-class Mlp(nn.Sequential):
-    """Linear -> GELU -> Linear, the transformer's channel mixer."""
-
-    def __init__(self, embed_dims: int, hidden_dims: int, drop: float = 0.):
-        super().__init__(
-            nn.Linear(embed_dims, hidden_dims), nn.GELU(), nn.Dropout(drop),
-            nn.Linear(hidden_dims, embed_dims), nn.Dropout(drop))
 
 
 class TransformerBlock(nn.Module):
@@ -94,6 +85,12 @@ class PatchViT(PlainBackbone):
         ('h', 'huge', 'deit-h', 'deit-huge'):
         dict(embed_dims=1280, num_layers=32, num_heads=16, mlp_dims=5120),
     })
+    # Weights that name the MLP's linear layers by position, as an
+    # nn.Sequential does (mlp.0, mlp.3), load into fc1 and fc2.
+    checkpoint_key_renames = (
+        (r'(layers\.\d+\.mlp)\.0\.', r'\1.fc1.'),
+        (r'(layers\.\d+\.mlp)\.3\.', r'\1.fc2.'),
+    )
 
     def __init__(self,
                  arch: Union[str, dict] = 'b',

@@ -3,9 +3,10 @@
 Projections, a causal depthwise convolution, the selective scan (SSD) and a
 gated RMSNorm, with the defaults of mamba_ssm's ``Mamba2`` that Adventurer
 uses: d_state 64, expand 2, d_conv 4, headdim 64, one group, chunk 256, no
-linear bias, conv bias, the norm applied after the gate. The scan itself lives
-in :mod:`patchscale_mm.ops` so that kernels can change without touching the
-model.
+linear bias, conv bias, the norm applied after the gate. Everything between
+the two projections is :func:`patchscale_mm.ops.mamba2_conv_scan_norm`, which
+picks a fused kernel or composable PyTorch, so that kernels can change without
+touching the model.
 """
 import math
 from typing import Optional, Sequence
@@ -14,31 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from patchscale_mm.ops import compute_dtype, ssd_scan
-from patchscale_mm.ops.fused import fused_cpu_available, mamba2_conv_scan_norm
+from patchscale_mm.ops import (compute_dtype, mamba2_conv_scan, mamba2_conv_scan_norm,
+                               mamba2_decay_rates)
 from patchscale_mm.parallel import sequence as sequence_parallel
-
-
-class GatedRMSNorm(nn.Module):
-    """``RMSNorm(x * silu(z))``, normalised per group of ``group_size``."""
-
-    def __init__(self, dim: int, eps: float = 1e-5, group_size: int = None):
-        super().__init__()
-        self.eps = eps
-        self.group_size = group_size or dim
-        if dim % self.group_size:
-            raise ValueError(f'dim {dim} is not divisible by group_size '
-                             f'{self.group_size}')
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        ct = compute_dtype(x, z)
-        x = x.to(ct) * F.silu(z.to(ct))
-        groups = x.unflatten(-1, (-1, self.group_size))
-        groups = groups * torch.rsqrt(
-            groups.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (groups.flatten(-2) * self.weight).to(dtype)
+from .norm import GatedRMSNorm
 
 
 class Mamba2Mixer(nn.Module):
@@ -60,7 +40,7 @@ class Mamba2Mixer(nn.Module):
         conv_bias (bool): Bias of the convolution. Defaults to True.
         fused (bool): Run everything between the two projections as one
             fused CPU kernel where it applies (CPU float32/bfloat16, not
-            traced); False keeps the composable modules, which are the
+            traced); False keeps the composable PyTorch ops, which are the
             reference. Defaults to True.
     """
 
@@ -116,32 +96,23 @@ class Mamba2Mixer(nn.Module):
         self.fused = fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        zxbcdt = self.in_proj(x)
-        if self.fused and fused_cpu_available(zxbcdt):
-            y = mamba2_conv_scan_norm(
-                zxbcdt,
-                self.conv1d.weight,
-                self.conv1d.bias,
-                self.dt_bias,
-                self.A_log,
-                self.D,
-                self.norm.weight,
-                d_inner=self.d_inner,
-                ngroups=self.ngroups,
-                d_state=self.d_state,
-                headdim=self.headdim,
-                chunk_size=self.chunk_size,
-                group_size=self.norm.group_size,
-                eps=self.norm.eps)
-        else:
-            y = self.conv_scan_norm(zxbcdt)
+        y = mamba2_conv_scan_norm(
+            self.in_proj(x),
+            self.conv1d.weight,
+            self.conv1d.bias,
+            self.dt_bias,
+            self.A_log,
+            self.D,
+            self.norm.weight,
+            d_inner=self.d_inner,
+            ngroups=self.ngroups,
+            d_state=self.d_state,
+            headdim=self.headdim,
+            chunk_size=self.chunk_size,
+            group_size=self.norm.group_size,
+            eps=self.norm.eps,
+            fused=self.fused)
         return self.out_proj(y)
-
-    def conv_scan_norm(self, zxbcdt: torch.Tensor) -> torch.Tensor:
-        """(B, L, in_proj outputs) -> (B, L, d_inner), in PyTorch ops."""
-        z, xBC, dt = self._split(zxbcdt)
-        y, _ = self._conv_scan(xBC, dt)
-        return self.norm(y.flatten(-2), z)
 
     def _split(self, zxbcdt: torch.Tensor):
         """The in_proj outputs: gate z, conv inputs xBC, one dt per head."""
@@ -150,40 +121,12 @@ class Mamba2Mixer(nn.Module):
 
     def _conv_scan(self, xBC: torch.Tensor, dt: torch.Tensor,
                    halo: torch.Tensor = None, **scan_kwargs):
-        """Causal convolution, SiLU and the scan: (y (B, L, h, p) or
-        ``ssd_scan``'s tuple, C (B, L, g, n)). ``halo``: the ``d_conv - 1``
-        input rows before ``xBC`` (zeros when None)."""
-        L = xBC.shape[1]
-        if halo is None:
-            # Causal: keep the first L outputs of the left-padded convolution.
-            xBC = self.conv1d(xBC.transpose(1, 2))[..., :L]
-        else:
-            xBC = F.conv1d(
-                torch.cat([halo, xBC], dim=1).transpose(1, 2),
-                self.conv1d.weight, self.conv1d.bias,
-                groups=self.conv1d.groups)
-        xBC = F.silu(xBC.transpose(1, 2))
-        x, Bmat, Cmat = xBC.split([
-            self.d_inner, self.ngroups * self.d_state,
-            self.ngroups * self.d_state
-        ],
-                                  dim=-1)
-        Cmat = Cmat.unflatten(-1, (self.ngroups, self.d_state))
-        out = ssd_scan(
-            x.unflatten(-1, (self.nheads, self.headdim)),  # (B, L, h, p)
-            dt,  # (B, L, h)
-            self._A(x),  # (h,)
-            Bmat.unflatten(-1, (self.ngroups, self.d_state)),  # (B, L, g, n)
-            Cmat,
-            D=self.D,
-            dt_bias=self.dt_bias,
-            dt_softplus=True,
-            chunk_size=self.chunk_size,
-            **scan_kwargs)
-        return out, Cmat
-
-    def _A(self, like: torch.Tensor) -> torch.Tensor:
-        return -torch.exp(self.A_log.to(compute_dtype(like, self.A_log)))
+        """:func:`patchscale_mm.ops.mamba2_conv_scan` with this mixer's
+        parameters: (y (B, L, h, p) or ``ssd_scan``'s tuple, C (B, L, g, n))."""
+        return mamba2_conv_scan(
+            xBC, dt, self.conv1d.weight, self.conv1d.bias, self.dt_bias, self.A_log, self.D,
+            ngroups=self.ngroups, d_state=self.d_state, headdim=self.headdim,
+            chunk_size=self.chunk_size, halo=halo, **scan_kwargs)
 
     def forward_segments(self, segment: torch.Tensor,
                          cls: Optional[torch.Tensor], shards,
@@ -218,7 +161,7 @@ class Mamba2Mixer(nn.Module):
                                         return_final_states=True)
         ct = compute_dtype(y, self.A_log)
         log_decay = (F.softplus(dt.to(ct) + self.dt_bias.to(ct)) *
-                     self._A(y)).cumsum(dim=1)  # (B, L, h)
+                     mamba2_decay_rates(self.A_log, y)).cumsum(dim=1)  # (B, L, h)
         states = sequence_parallel.all_gather(state.to(ct), shards)
         totals = sequence_parallel.all_gather(log_decay[:, -1], shards)
         # The output depends on the block's last exchange on every rank,

@@ -4,6 +4,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from patchscale_mm.ops import compute_dtype
+
 
 def resample_abs_pos_embed(posemb: torch.Tensor,
                            new_size: Sequence[int],
@@ -69,8 +71,8 @@ def resize_token_grid(tokens: torch.Tensor,
     if (h, w) == new_size:
         return tokens
     batch, _, dim = tokens.shape
-    # Interpolate in fp32: bicubic is not implemented for half on CPU.
-    grid = tokens.reshape(batch, h, w, dim).permute(0, 3, 1, 2).float()
+    # Interpolate in fp32 at least: bicubic is not implemented for half on CPU.
+    grid = tokens.reshape(batch, h, w, dim).permute(0, 3, 1, 2).to(compute_dtype(tokens))
     grid = F.interpolate(
         grid,
         size=new_size,
