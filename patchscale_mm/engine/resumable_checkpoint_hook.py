@@ -132,26 +132,12 @@ class ResumableCheckpointHook(CheckpointHook):
         if mid_epoch:
             runner.message_hub.update_info(MID_EPOCH_KEY, None)
             stale.append(mid_epoch)
-        filename = self.filename_tmpl.format(step)
-        self.last_ckpt = self.file_backend.join_path(self.out_dir, filename)
-        runner.message_hub.update_info('last_ckpt', self.last_ckpt)
-        runner.save_checkpoint(
-            self.out_dir,
-            filename,
-            self.file_client_args,
-            save_optimizer=self.save_optimizer,
-            save_param_scheduler=self.save_param_scheduler,
-            meta=meta,
-            by_epoch=self.by_epoch,
-            backend_args=self.backend_args,
-            **self.args)
+        self._write(runner, self.filename_tmpl.format(step), meta,
+                    self.by_epoch)
         if not is_main_process():
             return
-        # The pointer moves only once the new file is complete, and old
-        # files go only after that: a kill leaves a loadable latest.
-        atomic_write(
-            osp.join(runner.work_dir, 'last_checkpoint'),
-            str(self.last_ckpt).encode())
+        # Old files go only once the new one is complete and the pointer
+        # names it: a kill leaves a loadable latest.
         for path in stale:
             if self.file_backend.isfile(path):
                 self.file_backend.remove(path)
@@ -254,24 +240,32 @@ class ResumableCheckpointHook(CheckpointHook):
         # iterations done", which before_train_epoch resumes by skipping.
         filename = f'iter_{step_iter}.pth'
         self._rng_states = _gather(get_rng_state())
+        runner.message_hub.update_info(
+            MID_EPOCH_KEY, self.file_backend.join_path(self.out_dir, filename))
+        self._write(runner, filename, dict(epoch=runner.epoch, iter=step_iter),
+                    by_epoch=False)
+        return self.last_ckpt
+
+    def _write(self, runner, filename: str, meta: dict,
+               by_epoch: bool) -> None:
+        """Saves ``filename`` in the out dir (every rank calls it; rank 0
+        writes) and only then points ``last_checkpoint`` at it."""
         self.last_ckpt = self.file_backend.join_path(self.out_dir, filename)
         runner.message_hub.update_info('last_ckpt', self.last_ckpt)
-        runner.message_hub.update_info(MID_EPOCH_KEY, self.last_ckpt)
         runner.save_checkpoint(
             self.out_dir,
             filename,
             self.file_client_args,
             save_optimizer=self.save_optimizer,
             save_param_scheduler=self.save_param_scheduler,
-            meta=dict(epoch=runner.epoch, iter=step_iter),
-            by_epoch=False,
+            meta=meta,
+            by_epoch=by_epoch,
             backend_args=self.backend_args,
             **self.args)
         if is_main_process():
             atomic_write(
                 osp.join(runner.work_dir, 'last_checkpoint'),
                 str(self.last_ckpt).encode())
-        return self.last_ckpt
 
     # -- validation does not consume training randomness ------------------
     def before_val(self, runner) -> None:
