@@ -20,7 +20,7 @@ from mmengine.logging import MessageHub, MMLogger
 from mmengine.runner.checkpoint import CheckpointLoader
 from processes import HAS_PROC, child_pids
 
-from patchscale_mm.datasets.fixtures import make_ade20k_fixture
+from patchscale_mm.fixtures import make_ade20k_fixture
 from patchscale_mm.engine import (CheckpointError, NonFiniteLossError,
                                   NonFiniteLossHook, ResumableCheckpointHook,
                                   UnsafeCheckpointError, check_checkpoint_file,
@@ -852,7 +852,7 @@ def imagenet_with_a_truncated_jpeg(tmp_path_factory):
     half; returns (root, that file's path)."""
     import cv2
 
-    from patchscale_mm.datasets.fixtures import make_imagenet_fixture
+    from patchscale_mm.fixtures import make_imagenet_fixture
     root = make_imagenet_fixture(tmp_path_factory.mktemp('in') / 'imagenet',
                                  16, 8, img_size=32)
     ann = root / 'meta' / 'train.txt'

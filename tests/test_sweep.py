@@ -301,7 +301,7 @@ def write_class_folders(root: Path) -> Path:
     at mixed, non-square sizes, as a user's own data would come."""
     from PIL import Image
 
-    from patchscale_mm.datasets.fashion_mnist import load_fashion_mnist
+    from patchscale_mm.fixtures import load_fashion_mnist
     images, labels = load_fashion_mnist('test')
     sizes = [(20, 24), (48, 40), (33, 33), (64, 16)]
     picked = [i for i in range(len(labels)) if labels[i] in (0, 1)][:24]

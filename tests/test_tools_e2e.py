@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from patchscale_mm.datasets.fixtures import (make_ade20k_fixture,
-                                             make_coco_fixture,
-                                             make_imagenet_fixture)
+from patchscale_mm.fixtures import (make_ade20k_fixture,
+                                    make_coco_fixture,
+                                    make_imagenet_fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 600

@@ -30,8 +30,7 @@ import time
 from pathlib import Path
 
 from patchscale_mm import sweep
-from patchscale_mm.datasets.fixtures import (make_ade20k_fixture,
-                                             make_imagenet_fixture)
+from patchscale_mm.fixtures import (make_ade20k_fixture, make_imagenet_fixture)
 
 DEFAULTS = dict(
     seg_patches=[8, 4, 2], cls_patches=[8, 4], seg_steps=200, cls_steps=100)
