@@ -51,8 +51,7 @@ def count_params_and_flops(run: Run, config: Path) -> tuple:
     backbone = cfg.model.backbone
     flops = sum(
         flops_breakdown(run.family, dict(backbone.arch), run.img_size,
-                        run.patch,
-                        num_classes=0,
+                        run.patch, num_classes=0,
                         mixer_cfg=backbone.get('mixer_cfg')).values())
     width = backbone.arch['embed_dims']
     if run.task == 'seg':  # a linear classifier per token
@@ -75,7 +74,7 @@ def write_atomically(path: Path, text: str):
 def save_results(records: List[dict], work_dir: Path):
     """results.json and results.csv, each written atomically."""
     write_atomically(work_dir / 'results.json',
-                      json.dumps(records, indent=1))
+                     json.dumps(records, indent=1))
     table = io.StringIO(newline='')
     writer = csv.DictWriter(table, fieldnames=RESULT_KEYS,
                             extrasaction='ignore')
