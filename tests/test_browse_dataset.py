@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
-from patchscale_mm.datasets.fixtures import (make_ade20k_fixture,
-                                             make_coco_fixture,
-                                             make_imagenet_fixture)
+from patchscale_mm.fixtures import (make_ade20k_fixture,
+                                    make_coco_fixture,
+                                    make_imagenet_fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = 'tools/analysis/browse_dataset.py'

@@ -45,7 +45,7 @@ def orphan_after_parent_killed(tmp_path, launcher) -> bool:
 
 def test_child_exits_with_its_killed_parent(tmp_path):
     assert not orphan_after_parent_killed(
-        tmp_path, ['patchscale_mm.utils.lifeline'])
+        tmp_path, ['patchscale_mm.apis.lifeline'])
 
 
 def test_without_the_lifeline_the_child_is_orphaned(tmp_path):
@@ -57,7 +57,7 @@ def test_lifeline_runs_the_module_with_its_arguments(tmp_path):
         'import sys\nprint(sys.argv[1:])\n')
     # The pipe stays open until the module is done, as the sweep keeps it.
     proc = subprocess.Popen(
-        [sys.executable, '-m', 'patchscale_mm.utils.lifeline', 'echo_args',
+        [sys.executable, '-m', 'patchscale_mm.apis.lifeline', 'echo_args',
          '--work-dir', 'x y'], cwd=tmp_path, stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env=dict(os.environ, PYTHONPATH=str(tmp_path)))
@@ -69,8 +69,8 @@ def test_lifeline_runs_the_module_with_its_arguments(tmp_path):
 
 def test_lifeline_without_a_module_is_a_usage_error():
     out = subprocess.run(
-        [sys.executable, '-m', 'patchscale_mm.utils.lifeline'],
+        [sys.executable, '-m', 'patchscale_mm.apis.lifeline'],
         stdin=subprocess.PIPE, capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     assert out.stderr.strip().splitlines()[-1].startswith(
-        'usage: python -m patchscale_mm.utils.lifeline MODULE')
+        'usage: python -m patchscale_mm.apis.lifeline MODULE')

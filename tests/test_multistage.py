@@ -10,7 +10,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from patchscale_mm.datasets.fixtures import make_imagenet_fixture
+from patchscale_mm.fixtures import make_imagenet_fixture
 from patchscale_mm.models.backbones import Adventurer, PatchViT
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from patchscale_mm.datasets.fixtures import make_ade20k_fixture
+from patchscale_mm.fixtures import make_ade20k_fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 900
@@ -41,7 +41,7 @@ TINY = re.sub(r"^_base_ = .*$", "_base_ = './adv_s_p4_linear_ade20k.py'",
 # Run in the user's folder with only the installed copy importable.
 INSPECT = """\
 import json, patchscale_mm, patchscale_mm.ops._C
-from patchscale_mm.cli import load_config
+from patchscale_mm.apis.config import load_config
 cfg = load_config('adv_s_p4_linear_ade20k.py')
 print(json.dumps(dict(
     package=patchscale_mm.__file__,
@@ -66,7 +66,7 @@ def scopes(node):
 def test_readme_variant_passes_the_preflight_check_as_written(tmp_path):
     """Every check but the data and the pretrained checkpoint, which are
     not on this machine."""
-    from patchscale_mm.cli import load_config
+    from patchscale_mm.apis.config import load_config
     from patchscale_mm.config_checks import config_problems
     (tmp_path / 'adv_s_p4_linear_ade20k.py').write_text(VARIANT)
     cfg = load_config(str(tmp_path / 'adv_s_p4_linear_ade20k.py'))
@@ -81,7 +81,7 @@ def test_variant_resolves_from_the_checkout(tmp_path):
     live configs; no object is left in the package's scope, where mmseg's
     classes are unknown."""
     import patchscale_mm
-    from patchscale_mm.cli import load_config
+    from patchscale_mm.apis.config import load_config
     (tmp_path / 'variant.py').write_text(VARIANT)
     cfg = load_config(str(tmp_path / 'variant.py'))
     mim = Path(patchscale_mm.__file__).parent / '.mim' / 'configs'

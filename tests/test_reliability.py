@@ -21,7 +21,7 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from processes import HAS_PROC, child_pids
 
 from patchscale_mm.config_checks import config_problems, memory_problem
-from patchscale_mm.datasets.fixtures import make_ade20k_fixture
+from patchscale_mm.fixtures import make_ade20k_fixture
 from patchscale_mm.engine import (CheckpointError, NonFiniteLossError,
                                   NonFiniteLossHook, ResumableCheckpointHook,
                                   UnsafeCheckpointError, check_checkpoint_file,
@@ -729,6 +729,20 @@ def test_restarted_processes_do_not_meet_the_previous_round(tmp_path):
     assert 'restart 1 rank 0 total 3' in out, out[-4000:]
 
 
+def test_a_shared_store_across_restarts_is_named_at_start(monkeypatch):
+    """torchrun launched by hand with restarts and its shared store: train
+    says so in one line; with a fresh store per round, nothing."""
+    from patchscale_mm.apis.distributed import restart_store_warning
+    monkeypatch.setenv('TORCHELASTIC_MAX_RESTARTS', '2')
+    monkeypatch.setenv('TORCHELASTIC_USE_AGENT_STORE', 'True')
+    assert 'TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1' in restart_store_warning()
+    monkeypatch.setenv('TORCHELASTIC_USE_AGENT_STORE', 'False')
+    assert restart_store_warning() is None
+    monkeypatch.setenv('TORCHELASTIC_USE_AGENT_STORE', 'True')
+    monkeypatch.setenv('TORCHELASTIC_MAX_RESTARTS', '0')
+    assert restart_store_warning() is None
+
+
 @pytest.mark.skipif(not HAS_PROC, reason='needs /proc')
 def test_torchrun_restarts_a_killed_worker_and_ends_the_same(
         ade, tmp_path, user_config):
@@ -756,6 +770,7 @@ def test_torchrun_restarts_a_killed_worker_and_ends_the_same(
     log = ''.join(lines) + out
     assert proc.returncode == 0, log[-4000:]
     assert 'resumed epoch: 0, iter: 4' in log  # the checkpoint before
+    assert 'shares its store across restarts' not in log
     assert_same_weights(tmp_path / 'reference' / 'iter_12.pth',
                         tmp_path / 'work' / 'iter_12.pth')
 
@@ -874,7 +889,7 @@ def imagenet_with_a_truncated_jpeg(tmp_path_factory):
     half; returns (root, that file's path)."""
     import cv2
 
-    from patchscale_mm.datasets.fixtures import make_imagenet_fixture
+    from patchscale_mm.fixtures import make_imagenet_fixture
     root = make_imagenet_fixture(tmp_path_factory.mktemp('in') / 'imagenet',
                                  16, 8, img_size=32)
     ann = root / 'meta' / 'train.txt'

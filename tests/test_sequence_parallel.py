@@ -133,8 +133,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
-    from patchscale_mm.datasets.fixtures import (make_ade20k_fixture,
-                                                 make_imagenet_fixture)
+    from patchscale_mm.fixtures import (make_ade20k_fixture,
+                                        make_imagenet_fixture)
     root = tmp_path_factory.mktemp('data')
     return dict(cls=make_imagenet_fixture(root / 'imagenet', 40, 8, img_size=32),
                 seg=make_ade20k_fixture(root / 'ade', 20, 4))

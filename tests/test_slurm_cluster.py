@@ -1,6 +1,6 @@
 """tools/slurm_train.sh, slurm_test.sh and sbatch_example.sh on a real
 single-node Slurm cluster (tests/fixtures/slurm_cluster.sh): two CPU tasks
-per job, joined by the gloo process group of patchscale_mm.utils.launch."""
+per job, joined by the gloo process group of patchscale_mm.apis.distributed."""
 import fcntl
 import os
 import re
@@ -13,8 +13,8 @@ from unittest import mock
 import pytest
 import torch
 
-from patchscale_mm.datasets.fixtures import make_ade20k_fixture
-from patchscale_mm.utils.launch import _slurm_env_to_torch_env
+from patchscale_mm.fixtures import make_ade20k_fixture
+from patchscale_mm.apis.slurm import slurm_env_to_torch_env
 from test_tools_e2e import data_options, metric
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,7 +127,7 @@ def test_master_is_the_first_node_of_the_step(slurm):
         for name in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR',
                      'MASTER_PORT'):
             os.environ.pop(name, None)
-        _slurm_env_to_torch_env()
+        slurm_env_to_torch_env()
         assert os.environ['MASTER_ADDR'] == 'gpu03'
         assert os.environ['MASTER_PORT'] == '18456'  # one port per job
         assert [os.environ[k] for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK')

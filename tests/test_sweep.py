@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 from processes import HAS_PROC, children, still_running_after
 
-from patchscale_mm import sweep
+from patchscale_mm.sweep.clock import CLOCK_FILE, read_clock, seconds_before
+from patchscale_mm.sweep.overrides import run_config
+from patchscale_mm.sweep.plan import Run, plan_runs
+from patchscale_mm.sweep.progress import (format_duration, progress_note,
+                                          sweep_progress)
+from patchscale_mm.sweep.report import fit_and_plot
+from patchscale_mm.sweep.resume import CONFIG_STAMP, resumable_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,21 +126,21 @@ def check_predictions(work_dir: Path, records: list):
 
 
 def test_sweep_progress_weighs_runs_by_their_measured_cost():
-    runs = sweep.plan_runs(['seg', 'cls'], ['vit', 'adventurer'],
+    runs = plan_runs(['seg', 'cls'], ['vit', 'adventurer'],
                            dict(seg=[8, 4, 2], cls=[8]),
                            dict(seg=100, cls=50))
     names = [r.name for r in runs]
     assert names[:3] == ['seg_vit_p8', 'seg_vit_p4', 'seg_vit_p2']
     # Nothing timed: no ETA; done by steps x tokens. 100 * 16 of
     # 2 * 100 * (16 + 64 + 256) + 2 * 50 * 16.
-    assert sweep.sweep_progress(runs, {}) == (0., None)
-    percent, left = sweep.sweep_progress(runs, {'seg_vit_p8': None})
+    assert sweep_progress(runs, {}) == (0., None)
+    percent, left = sweep_progress(runs, {'seg_vit_p8': None})
     assert percent == pytest.approx(100 * 1600 / 68800) and left is None
 
     # One token count timed: seconds per step proportional to the tokens
     # (0.2 s/step at 16). The adventurer and cls runs have no timing of
     # their own: the seg vit one stands in for them.
-    percent, left = sweep.sweep_progress(runs, {'seg_vit_p8': 20.})
+    percent, left = sweep_progress(runs, {'seg_vit_p8': 20.})
     per_token = .2 / 16
     expected_left = (100 * per_token * (64 + 256) +       # vit p4, p2
                      100 * per_token * (16 + 64 + 256) +  # adventurer
@@ -151,7 +157,7 @@ def test_sweep_progress_weighs_runs_by_their_measured_cost():
     # done at that estimate.
     finished = {'seg_vit_p8': 20., 'seg_vit_p4': 50., 'seg_adventurer_p8': 40.,
                 'cls_vit_p8': None}
-    percent, left = sweep.sweep_progress(runs, finished)
+    percent, left = sweep_progress(runs, finished)
     vit_p2 = 100 * (.1 + .00625 * 256)                  # 170 s
     adventurer = 100 * 2 * (.5 + 1.7)                   # p4, p2: 440 s
     cls = 50 * 4 / 3 * .2                               # 13.3 s each
@@ -162,19 +168,19 @@ def test_sweep_progress_weighs_runs_by_their_measured_cost():
     # Noise beyond the token effect: the mean cost per step; a negative
     # fixed part: proportional to the tokens, by least squares.
     seg = runs[:3]
-    assert sweep.sweep_progress(seg, {'seg_vit_p8': 30., 'seg_vit_p4': 20.}
+    assert sweep_progress(seg, {'seg_vit_p8': 30., 'seg_vit_p4': 20.}
                                 )[1] == pytest.approx(100 * .25)
-    assert sweep.sweep_progress(seg, {'seg_vit_p8': 10., 'seg_vit_p4': 70.}
+    assert sweep_progress(seg, {'seg_vit_p8': 10., 'seg_vit_p4': 70.}
                                 )[1] == pytest.approx(
                                     100 * 256 * (16 * .1 + 64 * .7) /
                                     (16**2 + 64**2))
 
     # Everything done: 100 %, nothing left.
     every = {name: 10. for name in names}
-    assert sweep.sweep_progress(runs, every) == (100., 0.)
-    assert sweep.progress_note(runs, finished) == \
+    assert sweep_progress(runs, every) == (100., 0.)
+    assert progress_note(runs, finished) == \
         f'sweep {percent:.0f}%, about 10 min left'
-    assert [sweep.format_duration(s) for s in (40, 150, 7200)] == [
+    assert [format_duration(s) for s in (40, 150, 7200)] == [
         '40 s', '2 min', '2.0 h']
 
 
@@ -189,7 +195,7 @@ def test_two_patch_sizes_are_points_not_a_law(tmp_path):
                _synthetic_records([8, 4, 2], 'adventurer') +
                _synthetic_records([16, 8, 4], 'vit', 'seg'))
     lines = []
-    fits = sweep.fit_and_plot(records, tmp_path, lines.append)
+    fits = fit_and_plot(records, tmp_path, lines.append)
     two = fits[('cls', 'vit')]
     assert isinstance(two, NoFit) and two.slope == pytest.approx(.1)
     assert not hasattr(two, 'r2') and not hasattr(two, 'se_b')
@@ -256,8 +262,8 @@ def test_bad_arguments_fail_before_any_work(tmp_path, args, message):
 
 
 def test_run_config_overrides_only_patch_steps_and_data(tmp_path):
-    run = sweep.Run('seg', 'vit', 4, steps=10)
-    text = sweep.run_config(run, '/data/scenes', batch_size=16)
+    run = Run('seg', 'vit', 4, steps=10)
+    text = run_config(run, '/data/scenes', batch_size=16)
     path = tmp_path / 'run.py'
     path.write_text(text)
     from mmengine.config import Config
@@ -278,22 +284,46 @@ def test_a_checkpoint_resumes_the_same_training_at_any_save_interval(tmp_path):
     save and log intervals are the same training, other steps, batch or
     data are not (they start again)."""
     import torch
-    run = sweep.Run('cls', 'vit', 4, steps=100)
-    started = sweep.run_config(run, '/data', checkpoint_every=10)
-    (tmp_path / sweep.CONFIG_STAMP).write_text(started)
+    run = Run('cls', 'vit', 4, steps=100)
+    started = run_config(run, '/data', checkpoint_every=10)
+    (tmp_path / CONFIG_STAMP).write_text(started)
     ckpt = tmp_path / 'iter_20.pth'
     torch.save(dict(meta=dict(iter=20), state_dict={}), ckpt)
     (tmp_path / 'last_checkpoint').write_text(str(ckpt))
 
-    assert sweep.resumable_checkpoint(run, tmp_path, started) == str(ckpt)
-    rarer = sweep.run_config(run, '/data', checkpoint_every=50)
+    assert resumable_checkpoint(run, tmp_path, started) == str(ckpt)
+    rarer = run_config(run, '/data', checkpoint_every=50)
     assert rarer != started
-    assert sweep.resumable_checkpoint(run, tmp_path, rarer) == str(ckpt)
-    for other in (sweep.run_config(run, '/data', batch_size=64, checkpoint_every=10),
-                  sweep.run_config(run, '/elsewhere', checkpoint_every=10),
-                  sweep.run_config(sweep.Run('cls', 'vit', 4, steps=200), '/data',
+    assert resumable_checkpoint(run, tmp_path, rarer) == str(ckpt)
+    for other in (run_config(run, '/data', batch_size=64, checkpoint_every=10),
+                  run_config(run, '/elsewhere', checkpoint_every=10),
+                  run_config(Run('cls', 'vit', 4, steps=200), '/data',
                                    checkpoint_every=10)):
-        assert sweep.resumable_checkpoint(run, tmp_path, other) is None
+        assert resumable_checkpoint(run, tmp_path, other) is None
+
+
+def test_the_stamp_compares_parsed_configs_not_their_text(tmp_path):
+    """The same settings written differently resume; a change that only
+    the parsed config shows (a value of the inherited sweep config) does
+    not."""
+    import torch
+    run = Run('seg', 'vit', 4, steps=100)
+    started = run_config(run, '/data', checkpoint_every=10)
+    (tmp_path / CONFIG_STAMP).write_text(started)
+    ckpt = tmp_path / 'iter_20.pth'
+    torch.save(dict(meta=dict(iter=20), state_dict={}), ckpt)
+    (tmp_path / 'last_checkpoint').write_text(str(ckpt))
+
+    lines = started.splitlines(keepends=True)
+    lines[1], lines[2] = lines[2], lines[1]  # model and param_scheduler
+    rewritten = '# the same run\n' + ''.join(lines).replace(', ', ',')
+    assert rewritten != started
+    assert resumable_checkpoint(run, tmp_path, rewritten) == str(ckpt)
+    wider = started + \
+        "model = dict(backbone=dict(arch=dict(embed_dims=96)))\n"
+    assert resumable_checkpoint(run, tmp_path, wider) is None
+    other_head = started + 'model = dict(decode_head=dict(num_classes=3))\n'
+    assert resumable_checkpoint(run, tmp_path, other_head) is None
 
 
 def write_class_folders(root: Path) -> Path:
@@ -301,7 +331,7 @@ def write_class_folders(root: Path) -> Path:
     at mixed, non-square sizes, as a user's own data would come."""
     from PIL import Image
 
-    from patchscale_mm.datasets.fashion_mnist import load_fashion_mnist
+    from patchscale_mm.fixtures import load_fashion_mnist
     images, labels = load_fashion_mnist('test')
     sizes = [(20, 24), (48, 40), (33, 33), (64, 16)]
     picked = [i for i in range(len(labels)) if labels[i] in (0, 1)][:24]
@@ -319,14 +349,9 @@ def test_a_checkpoint_the_sweep_did_not_see_saved_is_timed_by_its_file(tmp_path)
     checkpoint.write_bytes(b'')
     os.utime(checkpoint, (1_000_050.0, 1_000_050.0))
     clock = {'origin': 1_000_000.0, 'checkpoints': {'39': 37.5}}
-    assert sweep.seconds_before(clock, str(tmp_path / 'iter_39.pth')) == 37.5
+    assert seconds_before(clock, str(tmp_path / 'iter_39.pth')) == 37.5
     # Saved 50 s after the piece's clock read 0.
-    assert sweep.seconds_before(clock, str(checkpoint)) == pytest.approx(50.0)
-    # A clock written before the origin was kept: the old map, no origin.
-    (tmp_path / sweep.CLOCK_FILE).write_text(json.dumps({'39': 37.5}))
-    old = sweep.read_clock(tmp_path / sweep.CLOCK_FILE)
-    assert old == {'checkpoints': {'39': 37.5}}
-    assert sweep.seconds_before(old, str(checkpoint)) == 0.0
+    assert seconds_before(clock, str(checkpoint)) == pytest.approx(50.0)
 
 
 def test_sweep_on_a_users_folder_of_any_image_size(tmp_path):
@@ -401,7 +426,7 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
     assert steps and min(steps) > start and max(steps) == 400
     record, = json.loads((tmp_path / 'sweep' / 'results.json').read_text())
     assert record['steps'] == 400 and 0 < record['test_loss'] < 10
-    clock = sweep.read_clock(run_dir / sweep.CLOCK_FILE)['checkpoints']
+    clock = read_clock(run_dir / CLOCK_FILE)['checkpoints']
     assert record['seconds'] >= clock[str(start)] > 0
     saved_after = [int(k) for k in clock if int(k) > start]
     assert saved_after and all(k % 5 == 0 for k in saved_after)

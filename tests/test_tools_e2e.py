@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from patchscale_mm.datasets.fixtures import (make_ade20k_fixture,
-                                             make_coco_fixture,
-                                             make_imagenet_fixture)
+from patchscale_mm.fixtures import (make_ade20k_fixture,
+                                    make_coco_fixture,
+                                    make_imagenet_fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 600
@@ -199,7 +199,7 @@ def test_run_releases_the_model_before_the_process_group(monkeypatch):
     import torch.distributed as dist
     from mmengine.config import Config
 
-    from patchscale_mm import cli
+    from patchscale_mm.apis import runner
 
     collected_while_initialized = []
 
@@ -214,7 +214,7 @@ def test_run_releases_the_model_before_the_process_group(monkeypatch):
         def train(self):
             return self.model
 
-    monkeypatch.setattr(cli.Runner, 'from_cfg', lambda cfg: StubRunner())
+    monkeypatch.setattr(runner.Runner, 'from_cfg', lambda cfg: StubRunner())
     for key, value in dict(RANK='0', WORLD_SIZE='1', LOCAL_RANK='0',
                            MASTER_ADDR='127.0.0.1',
                            MASTER_PORT=str(20000 + os.getpid() % 5000)).items():
@@ -222,7 +222,7 @@ def test_run_releases_the_model_before_the_process_group(monkeypatch):
     cfg = Config(dict(launcher='pytorch', model=dict(type='Stub')))
     gc.disable()  # the cycle must be broken by run() itself
     try:
-        cli.run(cfg, 'train')
+        runner.run(cfg, 'train')
     finally:
         gc.enable()
     assert collected_while_initialized == [True]

@@ -8,7 +8,7 @@ import pytest
 from mmpretrain.registry import TRANSFORMS
 from PIL import Image, ImageFilter, ImageOps
 
-from patchscale_mm.datasets import load_fashion_mnist
+from patchscale_mm.fixtures import load_fashion_mnist
 from patchscale_mm.datasets.transforms import ThreeAugment, gaussian_blur, grayscale, solarize
 
 

@@ -24,17 +24,11 @@ and resumes an interrupted one from its last checkpoint.
     python tools/patch_scaling_sweep.py --tasks cls --data-root my_imagenet_style --img-size 64
 """
 import argparse
-import os
 import sys
-import time
-from pathlib import Path
 
 from patchscale_mm import sweep
-from patchscale_mm.datasets.fixtures import (make_ade20k_fixture,
-                                             make_imagenet_fixture)
 
-DEFAULTS = dict(
-    seg_patches=[8, 4, 2], cls_patches=[8, 4], seg_steps=200, cls_steps=100)
+# --full: the long classification sweep.
 FULL = dict(cls_patches=[8, 4, 2, 1], cls_steps=2400)
 
 
@@ -96,157 +90,35 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def count_classes(root: Path) -> int:
-    """Classes of an ImageNet-layout folder: labels of meta/train.txt, or the
-    class folders of train/."""
-    ann = root / 'meta' / 'train.txt'
-    if ann.exists():
-        labels = {int(line.split()[-1]) for line in ann.read_text().split('\n')
-                  if line.strip()}
-        return max(labels) + 1
-    folders = [p for p in (root / 'train').iterdir() if p.is_dir()]
-    if not folders:
-        raise SystemExit(f'--data-root {root}: neither meta/train.txt nor '
-                         'class folders in train/')
-    return len(folders)
-
-
-def prepare_data(args, tasks, log) -> dict:
-    """Data roots per task; Fashion-MNIST datasets are built once."""
-    roots = {}
-    cache = Path(args.data_cache)
-    if 'seg' in tasks:
-        n_train, n_val = args.num_scenes
-        root = cache / f'fmnist_scenes32_{n_train}_{n_val}'
-        if not (root / '.complete').exists():
-            log(f'writing {n_train}+{n_val} segmentation scenes to {root}')
-            make_ade20k_fixture(root, n_train, n_val, canvas_size=(32, 32),
-                                num_objects=(2, 2), scale_range=(0.6, 1.0))
-            (root / '.complete').touch()
-        roots['seg'] = root
-    if 'cls' in tasks:
-        if args.data_root:
-            roots['cls'] = Path(args.data_root)
-        else:
-            root = cache / 'fmnist_imagenet32'
-            if not (root / '.complete').exists():
-                log(f'writing Fashion-MNIST (60k/10k, 32x32) to {root}')
-                make_imagenet_fixture(root, None, None, pad_to=32)
-                (root / '.complete').touch()
-            roots['cls'] = root
-    return roots
-
-
 def main(argv=None):
     args = parse_args(argv)
-    tasks = args.tasks or (['cls'] if args.full else ['seg', 'cls'])
-    settings = dict(DEFAULTS, **(FULL if args.full else {}))
+    full = FULL if args.full else {}
 
-    def setting(name):
-        value = getattr(args, name)
-        return settings[name] if value is None else value
+    def per_task(option, defaults):
+        """The option's value per task: given, else --full's, else the
+        sweep's default."""
+        values = {}
+        for task in sweep.TASKS:
+            value = getattr(args, f'{task}_{option}')
+            values[task] = (value if value is not None else
+                            full.get(f'{task}_{option}', defaults[task]))
+        return values
 
-    patches = dict(seg=setting('seg_patches'), cls=setting('cls_patches'))
-    steps = dict(seg=setting('seg_steps'), cls=setting('cls_steps'))
-    # Check everything cheap before any data or model is built.
     try:
-        if args.img_size != 32 and not args.data_root:
-            raise ValueError('--img-size applies to --data-root; the '
-                             'Fashion-MNIST tasks are 32x32')
-        runs = sweep.plan_runs(tasks, args.families, patches, steps,
-                               dict(seg=32, cls=args.img_size))
-    except ValueError as e:
+        sweep.run_sweep(
+            args.work_dir,
+            tasks=args.tasks or (['cls'] if args.full else ['seg', 'cls']),
+            families=args.families,
+            patches=per_task('patches', sweep.DEFAULT_PATCHES),
+            steps=per_task('steps', sweep.DEFAULT_STEPS),
+            batch_size=args.batch_size, data_root=args.data_root,
+            img_size=args.img_size, data_cache=args.data_cache,
+            num_scenes=tuple(args.num_scenes), train_limit=args.train_limit,
+            val_limit=args.val_limit, checkpoint_every=args.checkpoint_every,
+            threads=args.threads, force=args.force,
+            log=lambda line: print(line, flush=True))
+    except (ValueError, sweep.RunFailed) as e:
         raise SystemExit(f'error: {e}')
-    if args.data_root and not Path(args.data_root).is_dir():
-        raise SystemExit(f'error: --data-root {args.data_root} is not a folder')
-    if args.checkpoint_every < 1:
-        raise SystemExit(f'error: --checkpoint-every must be >= 1, got '
-                         f'{args.checkpoint_every}')
-    if args.batch_size is not None and args.batch_size < 1:
-        raise SystemExit(f'error: --batch-size must be >= 1, got '
-                         f'{args.batch_size}')
-
-    if args.threads is not None:
-        if args.threads < 1:
-            raise SystemExit(f'error: --threads must be >= 1, got '
-                             f'{args.threads}')
-        os.environ['OMP_NUM_THREADS'] = str(args.threads)  # the runs inherit it
-
-    work_dir = Path(args.work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-
-    def log(message):
-        print(message, flush=True)
-
-    start = time.time()
-    roots = prepare_data(args, tasks, log)
-    num_classes = count_classes(roots['cls']) if args.data_root else None
-    records = sweep.load_results(work_dir / 'results.json')
-    log(f'{len(runs)} runs: ' + ', '.join(
-        f'{r.name} ({r.tokens} tokens, {r.steps} steps)' for r in runs))
-    finished = {}  # run name -> seconds it took (None: unknown), for the ETA
-    for i, run in enumerate(runs, 1):
-        batch = args.batch_size
-        key = dict(task=run.task, family=run.family, patch=run.patch,
-                   steps=run.steps)
-        done = [r for r in records
-                if all(r.get(k) == v for k, v in key.items())
-                and (batch is None or r.get('batch_size') == batch)]
-        if done and not args.force:
-            log(f'[{i}/{len(runs)}] {run.name}: already in results.json')
-            finished[run.name] = done[-1].get('seconds')
-            continue
-        records = [r for r in records if r not in done]
-        run_dir = work_dir / run.name
-        run_dir.mkdir(exist_ok=True)
-        config = run_dir / f'{run.name}.py'
-        config_text = sweep.run_config(
-            run, str(roots[run.task]), batch,
-            num_classes if run.task == 'cls' else None, args.train_limit,
-            args.val_limit, args.checkpoint_every)
-        resume_from = (None if args.force else
-                       sweep.resumable_checkpoint(run, run_dir, config_text))
-        config.write_text(config_text)
-        (run_dir / sweep.CONFIG_STAMP).write_text(config_text)
-        params, flops = sweep.count_params_and_flops(run, config)
-        log(f'[{i}/{len(runs)}] {run.name}: {run.tokens} tokens, '
-            f'{params / 1e6:.3f}M params, {flops / 1e9:.3f} GFLOPs/image; '
-            + sweep.progress_note(runs, finished))
-        # Those of an earlier training would be drawn as this one's.
-        (run_dir / sweep.PREDICTIONS_FILE).unlink(missing_ok=True)
-        try:
-            seconds = sweep.train(run, config, run_dir, log, resume_from)
-        except RuntimeError as e:
-            sweep.save_results(records, work_dir)
-            raise SystemExit(f'error: {e}')
-        metrics = sweep.read_final_metrics(run_dir)
-        metric_key, metric_name = sweep.TASK_METRIC[run.task]
-        from mmengine.config import Config
-        cfg = Config.fromfile(str(config))
-        record = dict(key, tokens=run.tokens, params=params, flops=flops,
-                      batch_size=cfg.train_dataloader.batch_size,
-                      test_loss=metrics['test/loss'],
-                      metric=metrics[metric_key], metric_name=metric_name,
-                      seconds=round(seconds, 1), config=str(config),
-                      work_dir=str(run_dir))
-        records.append(record)
-        sweep.save_results(records, work_dir)
-        finished[run.name] = seconds
-        log(f'    {run.name}: test loss {record["test_loss"]:.4f}, '
-            f'{metric_name} {record["metric"]:.2f}, {seconds:.0f}s')
-        if run.task == 'seg':  # while its checkpoint is surely there
-            sweep.run_predictions(record, log=log)
-
-    order = {(r.task, r.family, r.patch): i for i, r in enumerate(runs)}
-    shown = sorted((r for r in records
-                    if (r['task'], r['family'], r['patch']) in order),
-                   key=lambda r: order[(r['task'], r['family'], r['patch'])])
-    log('\n' + sweep.format_table(shown))
-    log('\npower-law fits of test loss against patch size:')
-    sweep.fit_and_plot(shown, work_dir, log)
-    sweep.draw_predictions(shown, work_dir, log)
-    log(f'\nresults: {work_dir / "results.json"} ({time.time() - start:.0f}s '
-        'in all)')
 
 
 if __name__ == '__main__':

@@ -9,7 +9,7 @@ compares the config of the newest checkpoint (MMEngine stores it in
 change the training trajectory: where it runs and logs, how it was
 launched, the process count.
 """
-from typing import List, Optional
+from typing import Iterable, List, Optional
 
 import torch
 from mmengine.config import Config
@@ -67,17 +67,20 @@ def _flatten(node, prefix='') -> dict:
     return {prefix[:-1]: node}
 
 
-def _ignored(key: str) -> bool:
-    return any(key == k or key.startswith(k + '.') for k in IGNORED)
+def _ignored(key: str, ignored: Iterable[str]) -> bool:
+    return any(key == k or key.startswith(k + '.') for k in ignored)
 
 
-def config_differences(saved: Config, current: Config) -> List[str]:
-    """``'key: A there, B here'`` for each setting that differs."""
+def config_differences(saved: Config, current: Config,
+                       also_ignored: Iterable[str] = ()) -> List[str]:
+    """``'key: A there, B here'`` for each setting that differs, leaving
+    out ``IGNORED`` and the keys or dotted paths of ``also_ignored``."""
     old, new = _normalized(saved), _normalized(current)
+    ignored = IGNORED | set(also_ignored)
     missing = object()
     found = []
     for key in sorted(set(old) | set(new)):
-        if _ignored(key):
+        if _ignored(key, ignored):
             continue
         a, b = old.get(key, missing), new.get(key, missing)
         if a != b:

@@ -20,7 +20,7 @@ Before training it also gives the config's checkpoint hook, whatever its
 name, the atomic writes and generator states of ``ResumableCheckpointHook``
 (:func:`make_resumable`), or says in one line what it cannot guarantee; and
 it starts the heartbeat that names a rank that stops answering
-(:class:`patchscale_mm.utils.launch.Heartbeat`).
+(:class:`patchscale_mm.apis.heartbeat.Heartbeat`).
 """
 import logging
 import signal
@@ -32,8 +32,8 @@ from mmengine.hooks import CheckpointHook, Hook
 from mmengine.logging import print_log
 
 from patchscale_mm.registry import HOOKS
-from patchscale_mm.utils.launch import (requeue_slurm_job, slurm_job_id,
-                                        start_heartbeat)
+from patchscale_mm.apis.heartbeat import start_heartbeat
+from patchscale_mm.apis.slurm import requeue_slurm_job, slurm_job_id
 from .resumable_checkpoint_hook import make_resumable
 
 # sysexits' EX_TEMPFAIL: stopped before the end, run the command again.

@@ -1,3 +1,3 @@
-from .test_loss import ClsTestLoss, SegTestLoss
+from .loss_metrics import ClsTestLoss, SegTestLoss
 
 __all__ = ['ClsTestLoss', 'SegTestLoss']

@@ -30,8 +30,9 @@ from typing import List, Optional, Sequence
 
 from mmengine.config import Config
 
-from patchscale_mm.cli import base_parser, load_config, parse_args
-from patchscale_mm.utils import apply_cli_options
+from patchscale_mm.apis.arguments import (apply_cli_options, base_parser,
+                                          parse_args)
+from patchscale_mm.apis.config import load_config
 
 # default_scope -> the visualizer that draws that task's ground truth.
 VISUALIZERS = dict(

@@ -18,7 +18,7 @@ from mmengine.registry import init_default_scope
 
 # The counting lives in the analysis package, shared with get_flops.py.
 from patchscale_mm.analysis.cost import count_params
-from patchscale_mm.cli import load_config
+from patchscale_mm.apis.config import load_config
 from patchscale_mm.models.zoo import ARCHS, FAMILIES
 
 REGISTRIES = dict(mmpretrain='mmpretrain.registry', mmseg='mmseg.registry',

@@ -9,9 +9,9 @@ scenes of garments composited onto canvases, with exact masks and boxes.
 """
 import argparse
 
-from patchscale_mm.datasets.fixtures import (make_ade20k_fixture,
-                                             make_coco_fixture,
-                                             make_imagenet_fixture)
+from patchscale_mm.fixtures import (make_ade20k_fixture,
+                                    make_coco_fixture,
+                                    make_imagenet_fixture)
 
 
 def main():

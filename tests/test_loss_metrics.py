@@ -71,7 +71,7 @@ def test_detector_eval_loss_is_its_mean_training_loss_on_the_test_set(tmp_path):
     from mmengine.config import Config
     from mmengine.runner import Runner
 
-    from patchscale_mm.datasets.fixtures import make_coco_fixture
+    from patchscale_mm.fixtures import make_coco_fixture
     root = make_coco_fixture(tmp_path / 'coco', 2, 3)
     cfg = Config.fromfile('tests/configs/det_tiny.py')
     cfg.work_dir = str(tmp_path / 'work')

@@ -1,6 +1,6 @@
 """Run a module as a child process that exits when its parent does.
 
-    python -m patchscale_mm.utils.lifeline patchscale_mm.train cfg.py ...
+    python -m patchscale_mm.apis.lifeline patchscale_mm.train cfg.py ...
 
 started with ``stdin=subprocess.PIPE`` by a parent that never writes to it.
 The child watches its stdin: when the parent exits for any reason (a normal
@@ -39,7 +39,7 @@ def exit_when_closed(fd: int, exit_code: int = 1) -> threading.Thread:
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
-        raise SystemExit('usage: python -m patchscale_mm.utils.lifeline '
+        raise SystemExit('usage: python -m patchscale_mm.apis.lifeline '
                          'MODULE [ARGS...] (with stdin a pipe from the '
                          'parent)')
     module, *args = argv
