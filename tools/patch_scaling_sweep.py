@@ -1,7 +1,7 @@
 """Patch-size scaling sweep on real data: does a smaller patch lower the test
 loss, following a power law, as the paper finds?
 
-By default (about 8 minutes on a 2-vCPU machine) it trains a small ViT and a
+By default (about 6 minutes on a 2-vCPU machine) it trains a small ViT and a
 small Adventurer (width 64, depth 4) from scratch at several patch sizes on
 two tasks built from Fashion-MNIST (60k/10k, installed from Debian's
 dataset-fashion-mnist):
