@@ -21,10 +21,10 @@ headdim, expand, d_conv) are read from the tensor shapes; one B/C group is
 assumed, as in every released model.
 
 Key mapping (rules: ``ADVENTURER_RULES`` in
-``patchscale_mm/models/converters.py``), read from the authors' model code
-(``wangf3014/Adventurer`` and ``wangf3014/Patch_Scaling``, ``models_mamba.py``;
-the key lists of the released Tiny/Small/Base models are test data in
-``tests/data/adventurer_official_keys.json``):
+``patchscale_mm/models/converters/adventurer.py``), read from the authors'
+model code (``wangf3014/Adventurer`` and ``wangf3014/Patch_Scaling``,
+``models_mamba.py``; the key lists of the released Tiny/Small/Base models are
+test data in ``tests/data/adventurer_official_keys.json``):
 
 ==================================  =========================================
 source (authors' code)              patchscale_mm

@@ -16,7 +16,7 @@ checkpoint=..., prefix='backbone.')``; ``meta['backbone']`` is the matching
 state dict or one under 'state_dict', 'model', 'module', 'model_ema').
 
 Key mapping (rules: ``TIMM_VIT_RULES`` in
-``patchscale_mm/models/converters.py``):
+``patchscale_mm/models/converters/timm_vit.py``):
 
 =================================  ==========================================
 timm                               patchscale_mm
