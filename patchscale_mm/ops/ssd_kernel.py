@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .dtypes import scan_compute_dtype
+from .ssd_torch import NO_DT_LIMIT
 
 __all__ = ['ssd_scan_kernel', 'SSDScanFn']
 
@@ -84,7 +85,7 @@ def ssd_scan_kernel(x: Tensor,
                     z: Optional[Tensor] = None,
                     dt_bias: Optional[Tensor] = None,
                     dt_softplus: bool = False,
-                    dt_limit: Sequence[float] = (0.0, float('inf')),
+                    dt_limit: Sequence[float] = NO_DT_LIMIT,
                     initial_states: Optional[Tensor] = None,
                     return_final_states: bool = False,
                     chunk_size: int = 256):
