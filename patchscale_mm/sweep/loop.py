@@ -15,7 +15,7 @@ from .resume import resumable_checkpoint, stamp_config
 from .supervise import RunFailed, train_run
 
 DEFAULT_PATCHES = dict(seg=[8, 4, 2], cls=[8, 4])
-DEFAULT_STEPS = dict(seg=120, cls=100)
+DEFAULT_STEPS = dict(seg=100, cls=60)
 
 
 def run_sweep(work_dir: Union[str, Path],
