@@ -184,6 +184,26 @@ def test_sweep_progress_weighs_runs_by_their_measured_cost():
         '40 s', '2 min', '2.0 h']
 
 
+def test_a_costlier_run_raises_the_time_left_not_the_sweep_back():
+    """A first cls run slower than the seg runs predicted raises the time
+    left; the sweep's percentage stays where it was shown."""
+    runs = plan_runs(['seg', 'cls'], ['vit'], dict(seg=[8, 4], cls=[8]),
+                     dict(seg=100, cls=100))
+    before = {'seg_vit_p8': 10., 'seg_vit_p4': 10.}
+    after = dict(before, cls_vit_p8=60.)
+    percent_before, _ = sweep_progress(runs, before)
+    percent_after, _ = sweep_progress(runs, after)
+    assert percent_after > percent_before  # every run done
+    slow = plan_runs(['seg', 'cls'], ['vit'],
+                     dict(seg=[8, 4], cls=[8, 4, 2, 1]),
+                     dict(seg=100, cls=100))
+    shown, _ = sweep_progress(slow, before)
+    percent, _ = sweep_progress(slow, after)
+    assert percent < shown  # the estimate of the cls runs grew
+    assert progress_note(slow, after, at_least=shown).startswith(
+        f'sweep {shown:.0f}%')
+
+
 def _synthetic_records(patches, family='vit', task='cls'):
     return [dict(task=task, family=family, patch=p, test_loss=2. * p**.1)
             for p in patches]

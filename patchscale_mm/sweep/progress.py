@@ -102,9 +102,14 @@ def format_duration(seconds: float) -> str:
 
 
 def progress_note(runs: Sequence[Run],
-                  finished: Dict[str, Optional[float]]) -> str:
-    """'sweep 31%, about 6 min left' for the run lines."""
+                  finished: Dict[str, Optional[float]],
+                  at_least: float = 0.) -> str:
+    """'sweep 31%, about 6 min left' for the run lines. The percentage is
+    at least ``at_least`` (the one shown before): a run that costs more
+    than estimated raises the time left, but the sweep does not move
+    backwards."""
     percent, left = sweep_progress(runs, finished)
+    percent = max(percent, at_least)
     if left is None:
         return f'sweep {percent:.0f}%, time left known after the first run'
     return f'sweep {percent:.0f}%, about {format_duration(left)} left'
