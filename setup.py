@@ -56,9 +56,10 @@ def scan_extensions():
     exts = [
         CppExtension(
             'patchscale_mm.ops._C',
-            [str(csrc / f) for f in ('ssd_cpu.cpp', 'ssd_cpu_avx512.cpp',
+            [str(csrc / f) for f in ('ssd_cpu.cpp', 'kernel_threads.cpp', 'ssd_cpu_avx512.cpp',
                                      'ssd_cpu_avx2.cpp', 'ssd_cpu_generic.cpp')],
             depends=[str(csrc / f) for f in ('ssd_cpu.h', 'ssd_cpu_kernel.h', 'ssd_inputs.h',
+                                              'kernel_threads.h',
                                               'mixer_cpu.h', 'mixer_cpu_kernel.h',
                                               'mixer_cpu_ops.h')],
             extra_compile_args=cxx + openmp,

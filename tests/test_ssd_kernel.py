@@ -14,6 +14,7 @@ import torch
 
 from patchscale_mm.ops import ssd_scan, ssd_scan_chunked, ssd_scan_ref
 from patchscale_mm.ops.backend import load_kernels
+from patchscale_mm.ops.threads import kernel_threads, use_kernel_threads
 
 ssd_mod = importlib.import_module('patchscale_mm.ops.ssd')
 backend_mod = importlib.import_module('patchscale_mm.ops.backend')
@@ -127,12 +128,83 @@ def test_threads_agree():
     y1, f1, g1 = run_with_grads(ssd_scan, inp, backend='cpp', chunk_size=16)
     torch.set_num_threads(2)
     try:
-        y2, f2, g2 = run_with_grads(ssd_scan, inp, backend='cpp', chunk_size=16)
+        with use_kernel_threads(2):  # split even where the timed choice would not
+            y2, f2, g2 = run_with_grads(ssd_scan, inp, backend='cpp', chunk_size=16)
     finally:
         torch.set_num_threads(1)
     torch.testing.assert_close(y2, y1, rtol=0, atol=0)
     for k in g1:
         torch.testing.assert_close(g2[k], g1[k], rtol=1e-12, atol=1e-12, msg=k)
+
+
+@needs_cpp
+def test_kernel_threads_cap_the_split():
+    """Capped at one thread, two torch threads give the one-thread result bit
+    for bit: dB/dC keep one buffer and their order of summation over heads.
+    Split, the four heads of the one group sum in two halves, which moves
+    the last bits."""
+    inp = make_inputs(b=1, l=40, h=4, p=8, g=1, n=16, seed=5)
+    y1, f1, g1 = run_with_grads(ssd_scan, inp, backend='cpp', chunk_size=16)
+    torch.set_num_threads(2)
+    try:
+        with use_kernel_threads(1):
+            assert kernel_threads() == 1
+            y2, f2, g2 = run_with_grads(ssd_scan, inp, backend='cpp', chunk_size=16)
+        with use_kernel_threads(3):
+            assert kernel_threads() == 2  # never more than torch's
+            _, _, g3 = run_with_grads(ssd_scan, inp, backend='cpp', chunk_size=16)
+    finally:
+        torch.set_num_threads(1)
+    assert torch.equal(y1, y2) and torch.equal(f1, f2)
+    for k in g1:
+        assert torch.equal(g1[k], g2[k]), k
+    if importlib.import_module('patchscale_mm.ops._C').intra_op_parallel():
+        assert not torch.equal(g1['B'], g3['B'])
+    with pytest.raises(ValueError, match='positive number'):
+        with use_kernel_threads(-1):
+            pass
+
+
+def run_python(code, env=None, timeout=300):
+    env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, '-c', textwrap.dedent(code)], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@needs_cpp
+@pytest.mark.skipif(not hasattr(os, 'sched_setaffinity'), reason='needs CPU affinity (Linux)')
+def test_two_threads_on_one_cpu_choose_one():
+    """Two torch threads confined to one CPU (the limit of two hyperthreads of
+    one core): the timed choice finds no gain and keeps the kernels on one
+    thread, as the timings it reports say."""
+    res = run_python('''
+        import json, os, torch
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+        torch.set_num_threads(2)
+        from patchscale_mm.ops import _C
+        from patchscale_mm.ops.threads import kernel_threads
+        print(kernel_threads(), json.dumps(_C.split_timing()))
+    ''', env={'PATCHSCALE_KERNEL_THREADS': 'auto'})
+    assert res.returncode == 0, res.stderr[-2000:]
+    used, timing = res.stdout.split(' ', 1)
+    timing = json.loads(timing)
+    assert timing['measured'] and timing['threads'] == 2, timing
+    assert timing['one_ms'] < 1.25 * timing['split_ms'], timing
+    assert used == '1'
+
+
+@needs_cpp
+def test_bad_kernel_threads_setting_is_one_line():
+    res = run_python('''
+        import torch
+        from patchscale_mm.ops import ssd_scan
+        x = torch.randn(1, 4, 2, 3)
+        ssd_scan(x, torch.rand(1, 4, 2), -torch.rand(2), torch.randn(1, 4, 1, 5),
+                 torch.randn(1, 4, 1, 5), backend='cpp')
+    ''', env={'PATCHSCALE_KERNEL_THREADS': 'two'})
+    assert res.returncode != 0
+    assert ("PATCHSCALE_KERNEL_THREADS must be 'auto' or a positive number of threads, "
+            "got 'two'") in res.stderr
 
 
 @needs_cpp
@@ -143,6 +215,41 @@ def test_dt_limit_and_large_dt():
         inp['dt'].shape)
     assert_matches_ref(inp, rtol=1e-10, atol=1e-10, chunk_size=5, dt_softplus=True,
                        dt_limit=(0.1, 22.0))
+
+
+@needs_cpp
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+def test_scaled_state_folds_where_the_decay_product_leaves_range(dtype):
+    """The forward carries the state divided by the decays' product within a
+    block of 16 tokens and folds it back where that product would leave
+    [2^-60, 2^60]. Steps here cross that range both ways inside a block: decays
+    that underflow to exactly 0 in fp32 (dt * A = -120), a run whose product
+    passes 2^-60 on its fifth token, and a growing head (A > 0) whose product
+    passes 2^60 on its ninth; results against the token loop in fp64."""
+    b, l, h, p, n = 1, 40, 2, 16, 16
+    inp = make_inputs(b=b, l=l, h=h, p=p, g=1, n=n, D='head', z=False, dt_bias=False,
+                      init=True, seed=7)
+    inp['A'] = torch.tensor([-1.0, 1.0], dtype=torch.float64)
+    steps = torch.full((l, h), 0.3, dtype=torch.float64)
+    steps[3, 0], steps[21, 0] = 120.0, 120.0      # decay exp(-120): 0 in fp32
+    steps[24:34, 0] = 10.0                        # product e^-50 after 5 tokens
+    steps[16:27, 1] = 5.0                         # growth: e^45 > 2^60 after 9
+    steps[27:, 1] = 0.01
+    inp['dt'] = steps.reshape(b, l, h)
+    assert math.exp(-120) < torch.finfo(torch.float32).tiny / 2 ** 23  # underflows
+    inp = {k: v.to(dtype) for k, v in inp.items()}
+    ref = {k: v.double() for k, v in inp.items()}
+    y, f = ssd_scan(**inp, chunk_size=32, backend='cpp', return_final_states=True)
+    y_r, f_r = ssd_scan_ref(**ref, return_final_states=True)
+    assert torch.isfinite(y).all() and torch.isfinite(f).all()
+    # fp32: a few units of rounding of each output's scale (the head that grew
+    # to e^55 has outputs of that size).
+    tol = 1e-12 if dtype == torch.float64 else 3e-6
+    scale = y_r.abs().amax(dim=-1, keepdim=True)
+    assert ((y.double() - y_r).abs() <= tol * scale + 1e-30).all(), \
+        ((y.double() - y_r).abs() / scale).max()
+    f_scale = f_r.abs().amax(dim=(-2, -1), keepdim=True)
+    assert ((f.double() - f_r).abs() <= tol * f_scale).all()
 
 
 @needs_cpp

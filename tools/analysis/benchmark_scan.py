@@ -18,11 +18,16 @@ installed.
     python tools/analysis/benchmark_scan.py \
         --transformers-path ~/.cache/patchscale_mm/transformers   # docs/benchmarks.md
     python tools/analysis/benchmark_scan.py --lengths 196 3136 --no-mixer
+    python tools/analysis/benchmark_scan.py --lengths 3136 --thread-counts 1 2
 
 The sequential reference is a Python loop over tokens whose autograd
 backward is quadratic in L (every token's slice gradient is a full-length
 tensor): it is timed up to ``--ref-max-len`` and extrapolated linearly beyond
 (marked ``~``, a lower bound).
+
+``--thread-counts 1 2`` times only the kernel, at each torch thread count and
+then at the largest with the kernels' own choice of threads (see
+``patchscale_mm/ops/csrc/kernel_threads.h``), with the probe behind it.
 
 Peak memory is the growth of peak RSS during one forward+backward, measured
 in a fresh subprocess per implementation and length (so that memory freed by
@@ -207,6 +212,40 @@ def bench_scan(args, peak_gflops):
         print(f'| {l} | {ref_s} | {c_fb / k_fb:.1f}x | {c_f / k_f:.1f}x | {k_f / roof:.2f} |')
 
 
+def bench_threads(args):
+    """The kernel at each torch thread count, then at the largest with the
+    kernels' own choice (``PATCHSCALE_KERNEL_THREADS=auto``), side by side."""
+    from patchscale_mm.ops import _C
+    from patchscale_mm.ops.threads import kernel_threads, use_kernel_threads
+    counts, most = args.thread_counts, max(args.thread_counts)
+    h, p, n = args.heads, args.headdim, args.dstate
+    print(f'\n### The C++ kernel by thread count: batch {args.batch}, {h} heads x {p}, '
+          f'd_state {n}, fp32, chunk {args.chunk}\n')
+    print('| L | torch threads | kernel threads | fwd ms | fwd+bwd ms '
+          f'| fwd+bwd / {counts[0]} thread(s) |')
+    print('|---|---|---|---|---|---|')
+    for l in args.lengths:
+        fwd, fwd_bwd = scan_steps(SCANS['C++ kernel'](args.chunk),
+                                  scan_inputs(args.batch, l, h, p, n))
+        first = None
+        for threads, setting in [(c, c) for c in counts] + [(most, 0)]:
+            torch.set_num_threads(threads)
+            with use_kernel_threads(setting):
+                used = kernel_threads()  # times the split, once, on the auto row
+                fwd_bwd()  # warm-up at this thread count
+                t_f, t_fb = measure(fwd, args.repeats), measure(fwd_bwd, args.repeats)
+            first = first or t_fb
+            label = f'{used} (auto)' if setting == 0 else str(used)
+            print(f'| {l} | {threads} | {label} | {fmt_ms(t_f)} | {fmt_ms(t_fb)} '
+                  f'| {t_fb / first:.2f} |', flush=True)
+    probe = _C.split_timing()
+    if probe['measured']:
+        print(f"\nThe automatic choice timed the forward of {2 * probe['threads']} heads x 1024 "
+              f"tokens: {probe['one_ms']:.2f} ms on one thread, {probe['split_ms']:.2f} ms on "
+              f"{probe['threads']} ({probe['one_ms'] / probe['split_ms']:.2f}x; it splits "
+              'from 1.25x).')
+
+
 # ---------------------------------------------------------------------------
 # Part 2: the whole mixer
 # ---------------------------------------------------------------------------
@@ -325,6 +364,9 @@ def parse_args(argv=None):
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--threads', type=int, default=None,
                         help='torch threads (default: torch\'s choice)')
+    parser.add_argument('--thread-counts', type=int, nargs='+', default=None,
+                        help='instead of the parts above: the kernel at each of these torch '
+                        'thread counts and at the largest with the automatic choice')
     parser.add_argument('--ref-mem-max-len', type=int, default=3136,
                         help='measure the reference\'s memory up to this length')
     parser.add_argument('--no-mixer', action='store_true')
@@ -348,8 +390,11 @@ def main(argv=None):
     from patchscale_mm.ops import _C
     peak = matmul_peak_gflops()
     print(f'{cpu_model()}; torch {torch.__version__}, {torch.get_num_threads()} threads '
-          f'(kernel threaded: {_C.intra_op_parallel()}), kernel ISA {_C.cpu_isa()}, '
+          f'(kernel threaded: {_C.intra_op_parallel()}, kernel threads '
+          f'{_C.kernel_threads_setting() or "auto"}), kernel ISA {_C.cpu_isa()}, '
           f'fp32 matmul {peak:.0f} GFLOP/s')
+    if args.thread_counts:
+        return bench_threads(args)
     bench_scan(args, peak)
     if not args.no_mixer:
         bench_mixer(args)

@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
+#include "kernel_threads.h"
 #include "mixer_cpu.h"
 
 namespace patchscale_mixer {
@@ -46,10 +47,10 @@ void check_same(const at::Tensor &t, const at::Tensor &like, const char *op, con
 template <typename F>
 at::Tensor parallel_accumulate(int64_t n, int64_t grain, int64_t acc_numel, at::ScalarType dtype,
                                F &&fn) {
-  const int64_t nthreads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(),
-                                                                  (n + grain - 1) / grain));
+  const int64_t nthreads = std::max<int64_t>(
+      1, std::min<int64_t>(patchscale_threads::kernel_threads(), (n + grain - 1) / grain));
   at::Tensor acc = at::zeros({nthreads, acc_numel}, at::TensorOptions().dtype(dtype));
-  at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
+  patchscale_threads::parallel_for(n, grain, [&](int64_t begin, int64_t end) {
     const int64_t tid = at::get_thread_num();
     TORCH_CHECK(tid < nthreads, "mixer cpp: unexpected thread ", tid);
     fn(begin, end, static_cast<char *>(acc.data_ptr()) + tid * acc_numel * acc.element_size());
@@ -118,7 +119,7 @@ std::vector<at::Tensor> conv1d_silu_fwd_cpu(const at::Tensor &x, const at::Tenso
   TORCH_CHECK(total == P.channels, op, ": splits sum to ", total, ", not ", P.channels);
   const ConvFn fn = kernels().conv_fwd[d];
   const int64_t nblk = (P.seqlen + kTokenBlock - 1) / kTokenBlock;
-  at::parallel_for(0, P.batch * nblk, 1, [&](int64_t begin, int64_t end) {
+  patchscale_threads::parallel_for(P.batch * nblk, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t t0 = (i % nblk) * kTokenBlock;
       fn(P, i / nblk, t0, std::min(P.seqlen, t0 + kTokenBlock));
@@ -213,7 +214,8 @@ at::Tensor gated_rmsnorm_fwd_cpu(const at::Tensor &y, const at::Tensor &z,
   at::Tensor out = at::empty(y.sizes(), z.options());
   P.out = out.data_ptr();
   const GatedNormFn fn = kernels().gnorm_fwd[d];
-  at::parallel_for(0, P.rows, kRowGrain, [&](int64_t b, int64_t e) { fn(P, b, e); });
+  patchscale_threads::parallel_for(P.rows, kRowGrain,
+                                   [&](int64_t b, int64_t e) { fn(P, b, e); });
   return out;
 }
 
@@ -261,7 +263,8 @@ at::Tensor swiglu_fwd_cpu(const at::Tensor &ab) {
   P.ab = ab.data_ptr();
   P.s = s.data_ptr();
   const GluFn fn = kernels().glu_fwd[d];
-  at::parallel_for(0, P.rows, kRowGrain, [&](int64_t b, int64_t e) { fn(P, b, e); });
+  patchscale_threads::parallel_for(P.rows, kRowGrain,
+                                   [&](int64_t b, int64_t e) { fn(P, b, e); });
   return s;
 }
 
@@ -280,7 +283,8 @@ void swiglu_bwd_cpu(const at::Tensor &ds, const at::Tensor &ab) {
   P.ds = ds.data_ptr();
   P.dab = ab.data_ptr();
   const GluFn fn = kernels().glu_bwd[d];
-  at::parallel_for(0, P.rows, kRowGrain, [&](int64_t b, int64_t e) { fn(P, b, e); });
+  patchscale_threads::parallel_for(P.rows, kRowGrain,
+                                   [&](int64_t b, int64_t e) { fn(P, b, e); });
 }
 
 // RMSNorm over the last dimension of a contiguous x; returns (out, rstd).
@@ -305,7 +309,8 @@ std::vector<at::Tensor> rms_norm_fwd_cpu(const at::Tensor &x, const at::Tensor &
   P.out = out.data_ptr();
   P.rstd = rstd.data_ptr();
   const RmsFn fn = kernels().rms_fwd[d];
-  at::parallel_for(0, P.rows, kRowGrain, [&](int64_t b, int64_t e) { fn(P, b, e); });
+  patchscale_threads::parallel_for(P.rows, kRowGrain,
+                                   [&](int64_t b, int64_t e) { fn(P, b, e); });
   return {out, rstd};
 }
 

@@ -14,6 +14,7 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include "kernel_threads.h"
 #include "mixer_cpu.h"
 #include "ssd_cpu.h"
 #include "ssd_inputs.h"
@@ -77,8 +78,9 @@ void run(const SSDParams &P, bool is_double, bool backward, int64_t thread_strid
   const int64_t elem = is_double ? sizeof(double) : sizeof(float);
   // One (batch, head) per task: each runs the whole sequence with its state
   // in cache. at::parallel_for runs on torch's OpenMP threads (setup.py
-  // compiles with -fopenmp; the process loads torch's libgomp only).
-  at::parallel_for(0, P.batch * P.nheads, 1, [&](int64_t begin, int64_t end) {
+  // compiles with -fopenmp; the process loads torch's libgomp only), on as
+  // many as kernel_threads.h allows.
+  patchscale_threads::parallel_for(P.batch * P.nheads, 1, [&](int64_t begin, int64_t end) {
     SSDParams Pt = P;
     if (backward) {
       const int64_t tid = at::get_thread_num();
@@ -136,7 +138,7 @@ std::vector<at::Tensor> ssd_bwd_cpu(
   at::Tensor dx = at::empty_like(x), ddt = at::empty_like(dt);
   // Per-thread sums over heads, rather than per-head buffers: at 50K tokens
   // and 24 heads those would be 300 MB each.
-  const int64_t nthreads = std::min<int64_t>(at::get_num_threads(), b * h);
+  const int64_t nthreads = std::min<int64_t>(patchscale_threads::kernel_threads(), b * h);
   at::Tensor dB_t = at::zeros({nthreads, b, l, g, n}, opt);
   at::Tensor dC_t = at::zeros({nthreads, b, l, g, n}, opt);
   at::Tensor dA_bh = at::empty({b, h}, opt);
@@ -162,6 +164,46 @@ std::vector<at::Tensor> ssd_bwd_cpu(
   at::Tensor ddt_bias = P.dt_bias ? ddt.sum(at::IntArrayRef{0, 1}) : at::empty({0}, opt);
   return {dx, ddt, dA_bh.sum(0), dB, dC, has_D ? dD_bh.sum(0) : dD_bh, dz, ddt_bias, dinit};
 }
+
+}  // namespace patchscale_ssd
+
+// The thread probe's work: the fp32 forward of `heads` heads of Adventurer's
+// shape (64 x 64 state) over 1024 tokens, split over `threads`. The inputs
+// are allocated on the first call and reused, so that page faults are not
+// timed; their values are constant, as the kernel's time does not depend on
+// them (no decay leaves the scaled range, nothing is subnormal).
+void patchscale_threads::probe_workload(int64_t heads, int64_t threads) {
+  constexpr int64_t L = 1024, P = 64, N = 64;
+  static std::vector<float> x, dt, A, B, C, out, fin;
+  if (static_cast<int64_t>(A.size()) != heads) {
+    x.assign(L * heads * P, 0.5f);
+    dt.assign(L * heads, 0.1f);
+    A.assign(heads, -1.0f);
+    B.assign(L * N, 0.25f);
+    C.assign(L * N, 0.25f);
+    out.assign(L * heads * P, 0.0f);
+    fin.assign(heads * P * N, 0.0f);
+  }
+  patchscale_ssd::SSDParams S{};
+  S.batch = 1;
+  S.seqlen = S.chunk = L;
+  S.nheads = heads;
+  S.headdim = P;
+  S.ngroups = 1;
+  S.dstate = N;
+  S.x = x.data();
+  S.dt = dt.data();
+  S.A = A.data();
+  S.B = B.data();
+  S.C = C.data();
+  S.out = out.data();
+  S.final_state = fin.data();
+  const patchscale_ssd::KernelFn fn = patchscale_ssd::kernels().fwd_f32;
+  at::parallel_for(0, heads, (heads + threads - 1) / threads,
+                   [&](int64_t begin, int64_t end) { fn(S, begin, end); });
+}
+
+namespace patchscale_ssd {
 
 // Shape functions, so the ops trace under torch.compile (FakeTensor falls
 // back to Meta kernels).
@@ -274,4 +316,23 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       "Whether at::parallel_for splits the kernels' work over torch's threads "
       "(built with OpenMP); false means one thread whatever torch.get_num_threads() says.");
+  m.def("kernel_threads", &patchscale_threads::kernel_threads,
+        "Threads the CPU kernels split their work over now (timing the split once per "
+        "process unless a number is set).");
+  m.def("set_kernel_threads", &patchscale_threads::set_kernel_threads, pybind11::arg("n"),
+        "0: decide by timing the split once (PATCHSCALE_KERNEL_THREADS=auto, the default); "
+        "n >= 1: at most n threads.");
+  m.def("kernel_threads_setting", &patchscale_threads::kernel_threads_setting);
+  m.def(
+      "split_timing",
+      [] {
+        const auto s = patchscale_threads::split_timing();
+        pybind11::dict d;
+        d["measured"] = s.measured;
+        d["threads"] = s.threads;
+        d["one_ms"] = s.one_ms;
+        d["split_ms"] = s.split_ms;
+        return d;
+      },
+      "The probe behind the automatic choice: best times on one thread and split.");
 }

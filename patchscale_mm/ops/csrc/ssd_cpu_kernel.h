@@ -35,8 +35,18 @@ template <typename T>
 static inline V<T> vload(const T *p) { return *reinterpret_cast<const V<T> *>(p); }
 template <typename T>
 static inline void vstore(T *p, V<T> v) { *reinterpret_cast<V<T> *>(p) = v; }
+// Lane 0 shuffled into every lane: one broadcast instruction. (`V<T>{} + s`
+// costs a scalar add, as 0 + s is not s when s is -0; a lane-by-lane fill
+// goes through the stack.)
+template <typename T, int... J>
+static inline V<T> splat_lanes(T s, std::integer_sequence<int, J...>) {
+  const V<T> v = {s};
+  return __builtin_shufflevector(v, v, (J * 0)...);
+}
 template <typename T>
-static inline V<T> vsplat(T s) { return V<T>{} + s; }
+static inline V<T> vsplat(T s) {
+  return splat_lanes<T>(s, std::make_integer_sequence<int, Vec<T>::W>{});
+}
 // Horizontal sum by halving: log2(W) adds instead of a serial chain of W.
 template <typename T, int VB>
 struct HSum {
@@ -97,12 +107,14 @@ static inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * 
 // on these small rows rather than computing on the cached state. Forced
 // inline: GCC deems a call to a function holding only prefetches free of
 // effects and deletes it.
-template <int RW = 0, typename T>
+// LOCALITY 3 brings the row into L1, 2 into L2 (for rows needed a block
+// ahead, which would otherwise push the state out of L1).
+template <int RW = 0, int LOCALITY = 3, typename T>
 __attribute__((always_inline)) static inline void prefetch_row(const T *p, int64_t n) {
   if (p == nullptr) return;
   const char *c = reinterpret_cast<const char *>(p);
   for (int64_t i = 0; i < n * static_cast<int64_t>(sizeof(T)); i += 64)
-    __builtin_prefetch(c + i, RW, 3);
+    __builtin_prefetch(c + i, RW, LOCALITY);
 }
 static constexpr int64_t PF = 2;  // tokens ahead
 
@@ -261,6 +273,110 @@ static inline void back(T *ds, const T *s, int64_t N, int64_t Pp, const T *u, co
 template <typename T>
 static inline T silu_of(T z) { return z / (T(1) + std::exp(-z)); }
 
+// The forward keeps a tile of the state (FWD_ROWS rows x SSD_NB_FWD vectors of
+// p) in registers over a block of up to SUB tokens, so the state is loaded and
+// stored once per block rather than once per token, and y is summed over the
+// tiles in a small (tokens x p) buffer. Within a block the state is carried
+// scaled: s_t = S_t * r_t with S_t the product of the decays since the block
+// began, so a token costs one FMA per state element instead of a multiply and
+// an FMA:
+//     r_t = r_{t-1} + B_t (x) (u_t / S_t),   y_t = S_t * (r_t^T C_t).
+// A token whose S_t would leave [2^-60, 2^60] folds the scale into r instead
+// (r_t = a_t S_{t-1} r_{t-1} + B_t (x) u_t, S_t = 1), so 1 / S_t stays finite
+// and u_t / S_t cannot overflow for any input an fp32 state could hold.
+struct BlockPlan {
+  int64_t len;
+  bool fold[SUB];
+};
+
+template <typename T>
+struct BlockScales {
+  T scale[SUB];  // S_t, the factor of y_t
+  T mult[SUB];   // a_t * S_{t-1} on folding tokens
+};
+
+// Decays a_t of one block -> where to fold, S_t and the multipliers; returns
+// the scale of the state after the block's last token.
+template <typename T>
+static inline T plan_block(const T *a, BlockPlan &plan, BlockScales<T> &sc) {
+  const T lo = std::ldexp(T(1), -60), hi = std::ldexp(T(1), 60);
+  T S = 1;
+  for (int64_t t = 0; t < plan.len; ++t) {
+    const T m = a[t] * S;
+    plan.fold[t] = !(m >= lo && m <= hi);  // NaN folds: it propagates as unscaled
+    sc.mult[t] = m;
+    S = plan.fold[t] ? T(1) : m;
+    sc.scale[t] = S;
+  }
+  return S;
+}
+
+// One tile of the state (R rows x NB vectors of p at s) over one block: reads
+// the state entering the block, adds the tile's share of r_t^T C_t to y, and
+// writes back the state after the block (r times its scale end_scale).
+template <typename T, int R, int NB>
+static inline void scan_tile(T *s, int64_t Pp, const BlockPlan &plan, const BlockScales<T> &sc,
+                             T end_scale, const T *__restrict w, const T *__restrict Bb,
+                             const T *__restrict Cb, int64_t bc_stride, T *__restrict y) {
+  constexpr int W = Vec<T>::W;
+  V<T> r[R][NB];
+  for (int i = 0; i < R; ++i)
+    for (int k = 0; k < NB; ++k) r[i][k] = vload(s + i * Pp + k * W);
+  for (int64_t t = 0; t < plan.len; ++t) {
+    const T *Bt = Bb + t * bc_stride, *Ct = Cb + t * bc_stride;
+    const T *wt = w + t * Pp;
+    T *yt = y + t * Pp;
+    V<T> ww[NB], yy[NB];
+    for (int k = 0; k < NB; ++k) ww[k] = vload(wt + k * W);
+    if (plan.fold[t]) {  // rare; apart, so the update below stays one FMA
+      const V<T> m = vsplat(sc.mult[t]);
+      for (int i = 0; i < R; ++i)
+        for (int k = 0; k < NB; ++k) r[i][k] *= m;
+    }
+    for (int i = 0; i < R; ++i) {
+      const V<T> bn = vsplat(Bt[i]);
+      for (int k = 0; k < NB; ++k) r[i][k] += bn * ww[k];
+    }
+    for (int k = 0; k < NB; ++k) yy[k] = vload(yt + k * W);
+    for (int i = 0; i < R; ++i) {
+      const V<T> cn = vsplat(Ct[i]);
+      for (int k = 0; k < NB; ++k) yy[k] += cn * r[i][k];
+    }
+    for (int k = 0; k < NB; ++k) vstore(yt + k * W, yy[k]);
+  }
+  const V<T> e = vsplat(end_scale);
+  for (int i = 0; i < R; ++i)
+    for (int k = 0; k < NB; ++k) vstore(s + i * Pp + k * W, e * r[i][k]);
+}
+
+template <typename T, int R>
+static inline void scan_row_group(T *s, int64_t Pp, const BlockPlan &plan,
+                                  const BlockScales<T> &sc, T end_scale, const T *w,
+                                  const T *Bb, const T *Cb, int64_t bc_stride, T *y) {
+  constexpr int W = Vec<T>::W;
+  const int64_t nv = Pp / W;
+  int64_t k = 0;
+  for (; k + SSD_NB_FWD <= nv; k += SSD_NB_FWD)
+    scan_tile<T, R, SSD_NB_FWD>(s + k * W, Pp, plan, sc, end_scale, w + k * W, Bb, Cb,
+                                bc_stride, y + k * W);
+  for (; k < nv; ++k)
+    scan_tile<T, R, 1>(s + k * W, Pp, plan, sc, end_scale, w + k * W, Bb, Cb, bc_stride,
+                       y + k * W);
+}
+
+// All tiles of the state over one block; y (len x Pp) must start at zero.
+template <typename T>
+static inline void scan_block(T *s, int64_t N, int64_t Pp, const BlockPlan &plan,
+                              const BlockScales<T> &sc, T end_scale, const T *w, const T *Bb,
+                              const T *Cb, int64_t bc_stride, T *y) {
+  constexpr int R = SSD_FWD_ROWS;
+  int64_t n = 0;
+  for (; n + R <= N; n += R)
+    scan_row_group<T, R>(s + n * Pp, Pp, plan, sc, end_scale, w, Bb + n, Cb + n, bc_stride, y);
+  for (; n < N; ++n)
+    scan_row_group<T, 1>(s + n * Pp, Pp, plan, sc, end_scale, w, Bb + n, Cb + n, bc_stride, y);
+}
+
 template <typename T>
 static void fwd_kernel(const SSDParams &P, int64_t bh0, int64_t bh1) {
   const int64_t L = P.seqlen, H = P.nheads, Pd = P.headdim, G = P.ngroups, N = P.dstate;
@@ -273,7 +389,10 @@ static void fwd_kernel(const SSDParams &P, int64_t bh0, int64_t bh1) {
   T *out = static_cast<T *>(P.out), *fin = static_cast<T *>(P.final_state);
   T *ckpt = static_cast<T *>(P.ckpt);
 
-  Scratch<T> state(N * Pp), u(Pp), y(Pp);
+  Scratch<T> state(N * Pp), w(SUB * Pp), y(SUB * Pp);
+  T a[SUB], dtv[SUB];
+  BlockPlan plan;
+  BlockScales<T> sc;
   for (int64_t bh = bh0; bh < bh1; ++bh) {
     const int64_t b = bh / H, h = bh % H, g = h / (H / G);
     T *s = state.ptr;
@@ -281,33 +400,46 @@ static void fwd_kernel(const SSDParams &P, int64_t bh0, int64_t bh1) {
       for (int64_t p = 0; p < Pd; ++p) s[n * Pp + p] = init ? init[(bh * Pd + p) * N + n] : T(0);
     const T Ah = A[h], bh_bias = bias ? bias[h] : T(0);
     const T *Dh = Dm ? Dm + h * Pd : nullptr;
-    for (int64_t t = 0; t < L; ++t) {
-      if (ckpt && t % P.chunk == 0) {
-        T *c = ckpt + (bh * nchunks + t / P.chunk) * N * Pd;
+    // Blocks end at chunk boundaries, where the state is saved unscaled.
+    for (int64_t t0 = 0; t0 < L; t0 += plan.len) {
+      plan.len = std::min(std::min(SUB, L - t0), P.chunk - t0 % P.chunk);
+      if (ckpt && t0 % P.chunk == 0) {
+        T *c = ckpt + (bh * nchunks + t0 / P.chunk) * N * Pd;
         for (int64_t n = 0; n < N; ++n) std::memcpy(c + n * Pd, s + n * Pp, Pd * sizeof(T));
       }
-      const int64_t tok = (b * L + t) * H + h;
-      if (t + PF < L) {
-        const int64_t tk = tok + PF * H, bk = ((b * L + t + PF) * G + g) * N;
-        prefetch_row(x + tk * Pd, Pd);
-        prefetch_row(z ? z + tk * Pd : nullptr, Pd);
-        prefetch_row<1>(out + tk * Pd, Pd);
-        prefetch_row(Bm + bk, N);
-        prefetch_row(Cm + bk, N);
+      const int64_t tok0 = (b * L + t0) * H + h, bc0 = ((b * L + t0) * G + g) * N;
+      for (int64_t k = 0; k < plan.len; ++k) {
+        const int64_t t = t0 + k, tok = tok0 + k * H;
+        if (t + SUB < L) {  // the next block's rows, into L2
+          const int64_t tk = tok + SUB * H, bk = bc0 + (k + SUB) * G * N;
+          prefetch_row<0, 2>(x + tk * Pd, Pd);
+          prefetch_row<0, 2>(z ? z + tk * Pd : nullptr, Pd);
+          prefetch_row<0, 2>(Bm + bk, N);
+          prefetch_row<0, 2>(Cm + bk, N);
+        }
+        dtv[k] = process_dt<T>(dt[tok] + bh_bias, P).dt;
+        a[k] = std::exp(dtv[k] * Ah);
       }
-      const T dtv = process_dt<T>(dt[tok] + bh_bias, P).dt;
-      const T a = std::exp(dtv * Ah);
-      const T *xr = x + tok * Pd;
-      for (int64_t p = 0; p < Pd; ++p) u.ptr[p] = dtv * xr[p];
-      const int64_t bc = ((b * L + t) * G + g) * N;
-      step<T, true>(s, s, N, Pp, u.ptr, a, Bm + bc, Cm + bc, y.ptr);
-      T *orow = out + tok * Pd;
-      const T *zr = z ? z + tok * Pd : nullptr;
-      for (int64_t p = 0; p < Pd; ++p) {
-        T v = y.ptr[p];
-        if (Dh) v += Dh[p] * xr[p];
-        if (zr) v *= silu_of(zr[p]);
-        orow[p] = v;
+      const T end_scale = plan_block(a, plan, sc);
+      for (int64_t k = 0; k < plan.len; ++k) {
+        const T f = dtv[k] / sc.scale[k];
+        const T *xr = x + (tok0 + k * H) * Pd;
+        T *wr = w.ptr + k * Pp;
+        for (int64_t p = 0; p < Pd; ++p) wr[p] = f * xr[p];
+      }
+      std::memset(y.ptr, 0, plan.len * Pp * sizeof(T));
+      scan_block<T>(s, N, Pp, plan, sc, end_scale, w.ptr, Bm + bc0, Cm + bc0, G * N, y.ptr);
+      for (int64_t k = 0; k < plan.len; ++k) {
+        const int64_t tok = tok0 + k * H;
+        const T *xr = x + tok * Pd, *yr = y.ptr + k * Pp;
+        const T *zr = z ? z + tok * Pd : nullptr;
+        T *orow = out + tok * Pd;
+        for (int64_t p = 0; p < Pd; ++p) {
+          T v = sc.scale[k] * yr[p];
+          if (Dh) v += Dh[p] * xr[p];
+          if (zr) v *= silu_of(zr[p]);
+          orow[p] = v;
+        }
       }
     }
     for (int64_t p = 0; p < Pd; ++p)

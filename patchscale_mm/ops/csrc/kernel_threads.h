@@ -1,0 +1,47 @@
+// How many of torch's intra-op threads the CPU kernels split their work over.
+//
+// torch starts one thread per CPU it sees, but the two vCPUs of a small cloud
+// machine may be hyperthreads of one core, whether or not the machine says
+// so. A split of FMA-bound work then gains nothing and loses to the threads'
+// shared caches and waiting. So, unless PATCHSCALE_KERNEL_THREADS fixes a
+// number, the first kernel call that could split times the scan kernel on a
+// fixed problem on one thread and on all of them, once per process, and
+// splits only if that saves at least a fifth of the time. A different choice
+// changes the summation order of the per-thread dB/dC sums, as any change of
+// torch.set_num_threads does.
+#pragma once
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace patchscale_threads {
+
+// Threads the kernels use now: at most torch's intra-op threads.
+int64_t kernel_threads();
+
+// 0: decide by timing (the default, PATCHSCALE_KERNEL_THREADS=auto);
+// n >= 1: at most n threads, no timing.
+void set_kernel_threads(int64_t n);
+int64_t kernel_threads_setting();
+
+struct SplitTiming {
+  bool measured = false;
+  int64_t threads = 1;             // the split that was timed
+  double one_ms = 0, split_ms = 0;  // best times of the probe
+};
+SplitTiming split_timing();
+
+// The probe's work, `heads` scans split over `threads` threads (defined with
+// the scan kernels; called only here, under the policy's lock).
+void probe_workload(int64_t heads, int64_t threads);
+
+// at::parallel_for over [0, n) on at most kernel_threads() threads (on one,
+// inline on the calling thread, whose at::get_thread_num() is 0).
+template <typename F>
+inline void parallel_for(int64_t n, int64_t grain, const F &f) {
+  const int64_t t = kernel_threads();
+  at::parallel_for(0, n, std::max<int64_t>(grain, (n + t - 1) / t), f);
+}
+
+}  // namespace patchscale_threads
