@@ -23,7 +23,7 @@
 
 #define SSD_VB 32
 #define SSD_NB_FWD 4
-#define SSD_FWD_ROWS 2
+#define SSD_TILE_ROWS 2
 #define SSD_NB_BWD 2
 
 namespace patchscale_ssd {

@@ -23,7 +23,7 @@
 
 #define SSD_VB 64
 #define SSD_NB_FWD 4
-#define SSD_FWD_ROWS 4
+#define SSD_TILE_ROWS 4
 #define SSD_NB_BWD 4
 
 namespace patchscale_ssd {

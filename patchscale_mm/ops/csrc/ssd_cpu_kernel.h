@@ -1,8 +1,9 @@
 // Mamba-2 selective scan (SSD) kernels for one instruction set.
 //
 // Included by ssd_cpu_{avx512,avx2,generic}.cpp inside a `#pragma GCC target`
-// region and a namespace of its own, with SSD_VB (vector bytes) and
-// SSD_NB_FWD / SSD_NB_BWD (vectors of p kept in registers) defined. Standard
+// region and a namespace of its own, with SSD_VB (vector bytes), SSD_NB_FWD /
+// SSD_NB_BWD (vectors of p kept in registers) and SSD_TILE_ROWS (state rows of
+// a register tile) defined. Standard
 // headers are included by those files *before* the target pragma, so no
 // inline function of the library is compiled for a wider ISA than the caller.
 //
@@ -11,7 +12,8 @@
 // horizontal sums):
 //     s_t[n, :] = a_t * s_{t-1}[n, :] + B_t[n] * u_t,   u_t = dt_t * x_t
 //     y_t[:]    = sum_n C_t[n] * s_t[n, :]
-// The state (n x p, 16 KiB in fp32 for 64 x 64) lives in L1/L2. The forward
+// The state (n x p, 16 KiB in fp32 for 64 x 64) lives in L1/L2, and a tile of
+// it in registers over blocks of SUB tokens (see Block below). The forward
 // saves the state entering every chunk; the backward walks the chunks in
 // reverse, recomputes sub-checkpoints every SUB tokens, then the states of one
 // sub-chunk (SUB x 16 KiB, in L2) and runs the adjoint recurrence over them:
@@ -156,65 +158,22 @@ static inline Dt<T> process_dt(T raw, const SSDParams &P) {
   return {v, f};
 }
 
-// One token over a block of NB vectors of p: dst = a * src + B (x) u and, if
-// WITH_Y, y = dst^T C. src may equal dst (in-place update).
-template <typename T, int NB, bool WITH_Y>
-static inline void step_block(const T *src, T *dst, int64_t N, int64_t Pp,
-                              const T *__restrict u, T a,
-                              const T *__restrict Bt, const T *__restrict Ct,
-                              T *__restrict y) {
-  constexpr int W = Vec<T>::W;
-  V<T> uu[NB], yy[NB];
-  for (int k = 0; k < NB; ++k) {
-    uu[k] = vload(u + k * W);
-    yy[k] = V<T>{};
-  }
-  const V<T> av = vsplat(a);
-  for (int64_t n = 0; n < N; ++n) {
-    const T *sr = src + n * Pp;
-    T *dr = dst + n * Pp;
-    const V<T> bn = vsplat(Bt[n]);
-    if (WITH_Y) {
-      const V<T> cn = vsplat(Ct[n]);
-      for (int k = 0; k < NB; ++k) {
-        const V<T> s = av * vload(sr + k * W) + bn * uu[k];
-        vstore(dr + k * W, s);
-        yy[k] += cn * s;
-      }
-    } else {
-      for (int k = 0; k < NB; ++k) vstore(dr + k * W, av * vload(sr + k * W) + bn * uu[k]);
-    }
-  }
-  if (WITH_Y)
-    for (int k = 0; k < NB; ++k) vstore(y + k * W, yy[k]);
-}
-
-template <typename T, bool WITH_Y>
-static inline void step(const T *src, T *dst, int64_t N, int64_t Pp, const T *u, T a,
-                        const T *Bt, const T *Ct, T *y) {
-  constexpr int W = Vec<T>::W;
-  const int64_t nv = Pp / W;
-  int64_t k = 0;
-  for (; k + SSD_NB_FWD <= nv; k += SSD_NB_FWD)
-    step_block<T, SSD_NB_FWD, WITH_Y>(src + k * W, dst + k * W, N, Pp, u + k * W, a, Bt,
-                                      Ct, y + k * W);
-  for (; k < nv; ++k)
-    step_block<T, 1, WITH_Y>(src + k * W, dst + k * W, N, Pp, u + k * W, a, Bt, Ct, y + k * W);
-}
-
-// Adjoint of one token over a block of NB vectors of p (see the top).
-// Accumulates dC, dB (over blocks of p) and <ds_t, s_t> into q.
+// Adjoint of one token over a block of NB vectors of p (see the top), given
+// the state scaled as the forward carries it: s_t = scale * r. Accumulates dC,
+// dB (over blocks of p) and <ds_t, r> (times scale, <ds_t, s_t>) into q.
 template <typename T, int NB>
-static inline void back_block(T *__restrict ds, const T *__restrict s, int64_t N, int64_t Pp,
-                              const T *__restrict u, const T *__restrict dy, T a,
+static inline void back_block(T *__restrict ds, const T *__restrict r, T scale, int64_t N,
+                              int64_t Pp, const T *__restrict u, const T *__restrict dy, T a,
                               const T *__restrict Bt, const T *__restrict Ct,
                               T *__restrict du, T *__restrict dCn, T *__restrict dBn,
                               V<T> &q) {
   constexpr int W = Vec<T>::W;
-  V<T> uu[NB], dyy[NB], duu[NB], qq[NB];
+  V<T> uu[NB], dyy[NB], dys[NB], duu[NB], qq[NB];
+  const V<T> sc = vsplat(scale);
   for (int k = 0; k < NB; ++k) {
     uu[k] = vload(u + k * W);
     dyy[k] = vload(dy + k * W);
+    dys[k] = sc * dyy[k];  // dC = s . dy = r . (scale dy)
     duu[k] = V<T>{};
     qq[k] = V<T>{};
   }
@@ -231,13 +190,13 @@ static inline void back_block(T *__restrict ds, const T *__restrict s, int64_t N
     for (int i = 0; i < rows; ++i) {
       const int64_t n = n0 + i;
       T *dr = ds + n * Pp;
-      const T *sr = s + n * Pp;
+      const T *sr = r + n * Pp;
       const V<T> bn = vsplat(Bt[n]), cn = vsplat(Ct[n]);
       V<T> c{}, b{};  // in registers; vc[i] is written once
       for (int k = 0; k < NB; ++k) {
         const V<T> d = vload(dr + k * W) + cn * dyy[k];
         const V<T> sv = vload(sr + k * W);
-        c += sv * dyy[k];
+        c += sv * dys[k];
         b += d * uu[k];
         duu[k] += d * bn;
         qq[k] += d * sv;
@@ -257,79 +216,93 @@ static inline void back_block(T *__restrict ds, const T *__restrict s, int64_t N
 }
 
 template <typename T>
-static inline void back(T *ds, const T *s, int64_t N, int64_t Pp, const T *u, const T *dy, T a,
-                        const T *Bt, const T *Ct, T *du, T *dCn, T *dBn, V<T> &q) {
+static inline void back(T *ds, const T *r, T scale, int64_t N, int64_t Pp, const T *u,
+                        const T *dy, T a, const T *Bt, const T *Ct, T *du, T *dCn, T *dBn,
+                        V<T> &q) {
   constexpr int W = Vec<T>::W;
   const int64_t nv = Pp / W;
   int64_t k = 0;
   for (; k + SSD_NB_BWD <= nv; k += SSD_NB_BWD)
-    back_block<T, SSD_NB_BWD>(ds + k * W, s + k * W, N, Pp, u + k * W, dy + k * W, a, Bt, Ct,
-                              du + k * W, dCn, dBn, q);
+    back_block<T, SSD_NB_BWD>(ds + k * W, r + k * W, scale, N, Pp, u + k * W, dy + k * W, a,
+                              Bt, Ct, du + k * W, dCn, dBn, q);
   for (; k < nv; ++k)
-    back_block<T, 1>(ds + k * W, s + k * W, N, Pp, u + k * W, dy + k * W, a, Bt, Ct, du + k * W,
-                     dCn, dBn, q);
+    back_block<T, 1>(ds + k * W, r + k * W, scale, N, Pp, u + k * W, dy + k * W, a, Bt, Ct,
+                     du + k * W, dCn, dBn, q);
 }
 
-template <typename T>
-static inline T silu_of(T z) { return z / (T(1) + std::exp(-z)); }
-
-// The forward keeps a tile of the state (FWD_ROWS rows x SSD_NB_FWD vectors of
-// p) in registers over a block of up to SUB tokens, so the state is loaded and
-// stored once per block rather than once per token, and y is summed over the
-// tiles in a small (tokens x p) buffer. Within a block the state is carried
-// scaled: s_t = S_t * r_t with S_t the product of the decays since the block
-// began, so a token costs one FMA per state element instead of a multiply and
-// an FMA:
-//     r_t = r_{t-1} + B_t (x) (u_t / S_t),   y_t = S_t * (r_t^T C_t).
+// The scan runs in blocks of up to SUB tokens that never cross a chunk
+// boundary. A tile of the state, R rows x NB vectors of p, stays in registers
+// over a block, so the state is loaded and stored once per block rather than
+// once per token. Within a block the state is carried scaled, s_t = S_t r_t
+// with S_t the product of the decays since the block began, so a token costs
+// one FMA per state element instead of a multiply and an FMA:
+//     r_t = r_{t-1} + B_t (x) w_t,   w_t = u_t / S_t,   y_t = S_t (r_t^T C_t).
 // A token whose S_t would leave [2^-60, 2^60] folds the scale into r instead
 // (r_t = a_t S_{t-1} r_{t-1} + B_t (x) u_t, S_t = 1), so 1 / S_t stays finite
-// and u_t / S_t cannot overflow for any input an fp32 state could hold.
-struct BlockPlan {
-  int64_t len;
+// and w_t cannot overflow where u_t and the state do not.
+template <typename T>
+struct Block {
+  int64_t len = 0;
   bool fold[SUB];
+  T dt[SUB], dfac[SUB], a[SUB];  // step (after bias, softplus, clamp), its derivative, decay
+  T mult[SUB];                   // a_t S_{t-1}, applied to r where folding
+  T scale[SUB];                  // S_t
 };
 
+// Steps, decays and scales of the block's tokens of one head, and w (len x
+// Pp). dt0 and x0 point at the block's first token; consecutive tokens are H
+// apart in dt and H * headdim in x.
 template <typename T>
-struct BlockScales {
-  T scale[SUB];  // S_t, the factor of y_t
-  T mult[SUB];   // a_t * S_{t-1} on folding tokens
-};
-
-// Decays a_t of one block -> where to fold, S_t and the multipliers; returns
-// the scale of the state after the block's last token.
-template <typename T>
-static inline T plan_block(const T *a, BlockPlan &plan, BlockScales<T> &sc) {
+static inline void load_block(Block<T> &blk, const SSDParams &P, const T *dt0, const T *x0,
+                              int64_t H, T Ah, T bias, T *w, int64_t Pp) {
   const T lo = std::ldexp(T(1), -60), hi = std::ldexp(T(1), 60);
+  const int64_t Pd = P.headdim;
   T S = 1;
-  for (int64_t t = 0; t < plan.len; ++t) {
-    const T m = a[t] * S;
-    plan.fold[t] = !(m >= lo && m <= hi);  // NaN folds: it propagates as unscaled
-    sc.mult[t] = m;
-    S = plan.fold[t] ? T(1) : m;
-    sc.scale[t] = S;
+  for (int64_t k = 0; k < blk.len; ++k) {
+    const Dt<T> d = process_dt<T>(dt0[k * H] + bias, P);
+    blk.dt[k] = d.dt;
+    blk.dfac[k] = d.dfac;
+    blk.a[k] = std::exp(d.dt * Ah);
+    const T m = blk.a[k] * S;
+    blk.fold[k] = !(m >= lo && m <= hi);  // NaN folds, and propagates as unscaled
+    blk.mult[k] = m;
+    S = blk.fold[k] ? T(1) : m;
+    blk.scale[k] = S;
+    const T f = d.dt / S;
+    const T *xr = x0 + k * H * Pd;
+    T *wr = w + k * Pp;
+    for (int64_t p = 0; p < Pd; ++p) wr[p] = f * xr[p];
   }
-  return S;
 }
 
-// One tile of the state (R rows x NB vectors of p at s) over one block: reads
-// the state entering the block, adds the tile's share of r_t^T C_t to y, and
-// writes back the state after the block (r times its scale end_scale).
-template <typename T, int R, int NB>
-static inline void scan_tile(T *s, int64_t Pp, const BlockPlan &plan, const BlockScales<T> &sc,
-                             T end_scale, const T *__restrict w, const T *__restrict Bb,
-                             const T *__restrict Cb, int64_t bc_stride, T *__restrict y) {
+// What a block reads besides the state, and writes: B and C rows of its first
+// token (bc_stride apart), w; y (len x Pp) accumulates the tiles' shares of
+// r_t^T C_t if WITH_Y; states (len x N x Pp, NP per token) receives every r_t
+// if KEEP.
+template <typename T>
+struct BlockIO {
+  const T *w, *B, *C;
+  int64_t bc_stride;
+  T *y, *states;
+  int64_t NP;
+};
+
+// One tile (R rows x NB vectors of p at s, rows Pp apart) over one block:
+// reads the state entering the block and, if write_back, writes the state
+// after it (r times its scale). Offsets of the tile are applied by the caller.
+template <typename T, int R, int NB, bool WITH_Y, bool KEEP>
+static inline void scan_tile(T *s, bool write_back, int64_t Pp, const Block<T> &blk,
+                             const BlockIO<T> &io) {
   constexpr int W = Vec<T>::W;
   V<T> r[R][NB];
   for (int i = 0; i < R; ++i)
     for (int k = 0; k < NB; ++k) r[i][k] = vload(s + i * Pp + k * W);
-  for (int64_t t = 0; t < plan.len; ++t) {
-    const T *Bt = Bb + t * bc_stride, *Ct = Cb + t * bc_stride;
-    const T *wt = w + t * Pp;
-    T *yt = y + t * Pp;
-    V<T> ww[NB], yy[NB];
-    for (int k = 0; k < NB; ++k) ww[k] = vload(wt + k * W);
-    if (plan.fold[t]) {  // rare; apart, so the update below stays one FMA
-      const V<T> m = vsplat(sc.mult[t]);
+  for (int64_t t = 0; t < blk.len; ++t) {
+    const T *Bt = io.B + t * io.bc_stride, *Ct = io.C + t * io.bc_stride;
+    V<T> ww[NB];
+    for (int k = 0; k < NB; ++k) ww[k] = vload(io.w + t * Pp + k * W);
+    if (blk.fold[t]) {  // rare; apart, so that the update below stays one FMA
+      const V<T> m = vsplat(blk.mult[t]);
       for (int i = 0; i < R; ++i)
         for (int k = 0; k < NB; ++k) r[i][k] *= m;
     }
@@ -337,45 +310,68 @@ static inline void scan_tile(T *s, int64_t Pp, const BlockPlan &plan, const Bloc
       const V<T> bn = vsplat(Bt[i]);
       for (int k = 0; k < NB; ++k) r[i][k] += bn * ww[k];
     }
-    for (int k = 0; k < NB; ++k) yy[k] = vload(yt + k * W);
-    for (int i = 0; i < R; ++i) {
-      const V<T> cn = vsplat(Ct[i]);
-      for (int k = 0; k < NB; ++k) yy[k] += cn * r[i][k];
+    if (KEEP)
+      for (int i = 0; i < R; ++i)
+        for (int k = 0; k < NB; ++k) vstore(io.states + t * io.NP + i * Pp + k * W, r[i][k]);
+    if (WITH_Y) {
+      T *yt = io.y + t * Pp;
+      V<T> yy[NB];
+      for (int k = 0; k < NB; ++k) yy[k] = vload(yt + k * W);
+      for (int i = 0; i < R; ++i) {
+        const V<T> cn = vsplat(Ct[i]);
+        for (int k = 0; k < NB; ++k) yy[k] += cn * r[i][k];
+      }
+      for (int k = 0; k < NB; ++k) vstore(yt + k * W, yy[k]);
     }
-    for (int k = 0; k < NB; ++k) vstore(yt + k * W, yy[k]);
   }
-  const V<T> e = vsplat(end_scale);
-  for (int i = 0; i < R; ++i)
-    for (int k = 0; k < NB; ++k) vstore(s + i * Pp + k * W, e * r[i][k]);
+  if (write_back) {
+    const V<T> e = vsplat(blk.scale[blk.len - 1]);
+    for (int i = 0; i < R; ++i)
+      for (int k = 0; k < NB; ++k) vstore(s + i * Pp + k * W, e * r[i][k]);
+  }
 }
 
-template <typename T, int R>
-static inline void scan_row_group(T *s, int64_t Pp, const BlockPlan &plan,
-                                  const BlockScales<T> &sc, T end_scale, const T *w,
-                                  const T *Bb, const T *Cb, int64_t bc_stride, T *y) {
-  constexpr int W = Vec<T>::W;
+template <typename T, int R, bool WITH_Y, bool KEEP>
+static inline void scan_row_group(T *s, bool write_back, int64_t Pp, const Block<T> &blk,
+                                  BlockIO<T> io) {
+  constexpr int W = Vec<T>::W, NB = SSD_NB_FWD;
   const int64_t nv = Pp / W;
+  const T *w = io.w;
+  T *y = io.y, *states = io.states;
   int64_t k = 0;
-  for (; k + SSD_NB_FWD <= nv; k += SSD_NB_FWD)
-    scan_tile<T, R, SSD_NB_FWD>(s + k * W, Pp, plan, sc, end_scale, w + k * W, Bb, Cb,
-                                bc_stride, y + k * W);
-  for (; k < nv; ++k)
-    scan_tile<T, R, 1>(s + k * W, Pp, plan, sc, end_scale, w + k * W, Bb, Cb, bc_stride,
-                       y + k * W);
+  auto at = [&](int64_t k) {  // the tile's view of the block's buffers
+    io.w = w + k * W;
+    io.y = y ? y + k * W : nullptr;
+    io.states = states ? states + k * W : nullptr;
+    return io;
+  };
+  for (; k + NB <= nv; k += NB)
+    scan_tile<T, R, NB, WITH_Y, KEEP>(s + k * W, write_back, Pp, blk, at(k));
+  for (; k < nv; ++k) scan_tile<T, R, 1, WITH_Y, KEEP>(s + k * W, write_back, Pp, blk, at(k));
 }
 
-// All tiles of the state over one block; y (len x Pp) must start at zero.
-template <typename T>
-static inline void scan_block(T *s, int64_t N, int64_t Pp, const BlockPlan &plan,
-                              const BlockScales<T> &sc, T end_scale, const T *w, const T *Bb,
-                              const T *Cb, int64_t bc_stride, T *y) {
-  constexpr int R = SSD_FWD_ROWS;
+// All tiles of the state s (N rows of Pp) over one block; io.y must start at
+// zero.
+template <typename T, bool WITH_Y, bool KEEP>
+static inline void scan_block(T *s, bool write_back, int64_t N, int64_t Pp, const Block<T> &blk,
+                              const BlockIO<T> &io) {
+  constexpr int R = SSD_TILE_ROWS;
+  auto rows = [&](int64_t n) {  // the row group's view
+    BlockIO<T> v = io;
+    v.B = io.B + n;
+    v.C = io.C + n;
+    v.states = io.states ? io.states + n * Pp : nullptr;
+    return v;
+  };
   int64_t n = 0;
   for (; n + R <= N; n += R)
-    scan_row_group<T, R>(s + n * Pp, Pp, plan, sc, end_scale, w, Bb + n, Cb + n, bc_stride, y);
+    scan_row_group<T, R, WITH_Y, KEEP>(s + n * Pp, write_back, Pp, blk, rows(n));
   for (; n < N; ++n)
-    scan_row_group<T, 1>(s + n * Pp, Pp, plan, sc, end_scale, w, Bb + n, Cb + n, bc_stride, y);
+    scan_row_group<T, 1, WITH_Y, KEEP>(s + n * Pp, write_back, Pp, blk, rows(n));
 }
+
+template <typename T>
+static inline T silu_of(T z) { return z / (T(1) + std::exp(-z)); }
 
 template <typename T>
 static void fwd_kernel(const SSDParams &P, int64_t bh0, int64_t bh1) {
@@ -390,9 +386,7 @@ static void fwd_kernel(const SSDParams &P, int64_t bh0, int64_t bh1) {
   T *ckpt = static_cast<T *>(P.ckpt);
 
   Scratch<T> state(N * Pp), w(SUB * Pp), y(SUB * Pp);
-  T a[SUB], dtv[SUB];
-  BlockPlan plan;
-  BlockScales<T> sc;
+  Block<T> blk;
   for (int64_t bh = bh0; bh < bh1; ++bh) {
     const int64_t b = bh / H, h = bh % H, g = h / (H / G);
     T *s = state.ptr;
@@ -400,42 +394,31 @@ static void fwd_kernel(const SSDParams &P, int64_t bh0, int64_t bh1) {
       for (int64_t p = 0; p < Pd; ++p) s[n * Pp + p] = init ? init[(bh * Pd + p) * N + n] : T(0);
     const T Ah = A[h], bh_bias = bias ? bias[h] : T(0);
     const T *Dh = Dm ? Dm + h * Pd : nullptr;
-    // Blocks end at chunk boundaries, where the state is saved unscaled.
-    for (int64_t t0 = 0; t0 < L; t0 += plan.len) {
-      plan.len = std::min(std::min(SUB, L - t0), P.chunk - t0 % P.chunk);
-      if (ckpt && t0 % P.chunk == 0) {
+    for (int64_t t0 = 0; t0 < L; t0 += blk.len) {
+      blk.len = std::min(std::min(SUB, L - t0), P.chunk - t0 % P.chunk);
+      if (ckpt && t0 % P.chunk == 0) {  // the state entering the chunk, unscaled
         T *c = ckpt + (bh * nchunks + t0 / P.chunk) * N * Pd;
         for (int64_t n = 0; n < N; ++n) std::memcpy(c + n * Pd, s + n * Pp, Pd * sizeof(T));
       }
       const int64_t tok0 = (b * L + t0) * H + h, bc0 = ((b * L + t0) * G + g) * N;
-      for (int64_t k = 0; k < plan.len; ++k) {
-        const int64_t t = t0 + k, tok = tok0 + k * H;
-        if (t + SUB < L) {  // the next block's rows, into L2
-          const int64_t tk = tok + SUB * H, bk = bc0 + (k + SUB) * G * N;
-          prefetch_row<0, 2>(x + tk * Pd, Pd);
-          prefetch_row<0, 2>(z ? z + tk * Pd : nullptr, Pd);
-          prefetch_row<0, 2>(Bm + bk, N);
-          prefetch_row<0, 2>(Cm + bk, N);
-        }
-        dtv[k] = process_dt<T>(dt[tok] + bh_bias, P).dt;
-        a[k] = std::exp(dtv[k] * Ah);
+      for (int64_t k = 0; k < blk.len && t0 + k + SUB < L; ++k) {  // next block, into L2
+        const int64_t tk = tok0 + (k + SUB) * H, bk = bc0 + (k + SUB) * G * N;
+        prefetch_row<0, 2>(x + tk * Pd, Pd);
+        prefetch_row<0, 2>(z ? z + tk * Pd : nullptr, Pd);
+        prefetch_row<0, 2>(Bm + bk, N);
+        prefetch_row<0, 2>(Cm + bk, N);
       }
-      const T end_scale = plan_block(a, plan, sc);
-      for (int64_t k = 0; k < plan.len; ++k) {
-        const T f = dtv[k] / sc.scale[k];
-        const T *xr = x + (tok0 + k * H) * Pd;
-        T *wr = w.ptr + k * Pp;
-        for (int64_t p = 0; p < Pd; ++p) wr[p] = f * xr[p];
-      }
-      std::memset(y.ptr, 0, plan.len * Pp * sizeof(T));
-      scan_block<T>(s, N, Pp, plan, sc, end_scale, w.ptr, Bm + bc0, Cm + bc0, G * N, y.ptr);
-      for (int64_t k = 0; k < plan.len; ++k) {
+      load_block(blk, P, dt + tok0, x + tok0 * Pd, H, Ah, bh_bias, w.ptr, Pp);
+      std::memset(y.ptr, 0, blk.len * Pp * sizeof(T));
+      scan_block<T, true, false>(s, true, N, Pp, blk,
+                                 {w.ptr, Bm + bc0, Cm + bc0, G * N, y.ptr, nullptr, 0});
+      for (int64_t k = 0; k < blk.len; ++k) {
         const int64_t tok = tok0 + k * H;
         const T *xr = x + tok * Pd, *yr = y.ptr + k * Pp;
         const T *zr = z ? z + tok * Pd : nullptr;
         T *orow = out + tok * Pd;
         for (int64_t p = 0; p < Pd; ++p) {
-          T v = sc.scale[k] * yr[p];
+          T v = blk.scale[k] * yr[p];
           if (Dh) v += Dh[p] * xr[p];
           if (zr) v *= silu_of(zr[p]);
           orow[p] = v;
@@ -465,70 +448,67 @@ static void bwd_kernel(const SSDParams &P, int64_t bh0, int64_t bh1) {
   T *dA = static_cast<T *>(P.dA), *dD = static_cast<T *>(P.dD);
   T *dz = static_cast<T *>(P.dz), *dinit = static_cast<T *>(P.dinit);
 
+  // buf: the scaled states r_t of one sub-chunk; sub[j]: the state entering
+  // sub-chunk j of the current chunk.
   Scratch<T> ds(NP), buf(SUB * NP), sub(nsub_max * NP), ybuf(z ? SUB * Pp : 1);
-  Scratch<T> u(Pp), dy(Pp), du(Pp), dDacc(Pp), dCn(N), dBn(N);
-  T dtv[SUB], av[SUB], dfac[SUB];
+  Scratch<T> w(SUB * Pp), u(Pp), dy(Pp), du(Pp), dDacc(Pp), dCn(N), dBn(N);
+  Block<T> blk;
 
   for (int64_t bh = bh0; bh < bh1; ++bh) {
     const int64_t b = bh / H, h = bh % H, g = h / (H / G);
     const T Ah = A[h], bh_bias = bias ? bias[h] : T(0);
     const T *Dh = Dm ? Dm + h * Pd : nullptr;
     for (int64_t n = 0; n < N; ++n)
-      for (int64_t p = 0; p < Pd; ++p) ds.ptr[n * Pp + p] = dfin ? dfin[(bh * Pd + p) * N + n] : T(0);
+      for (int64_t p = 0; p < Pd; ++p)
+        ds.ptr[n * Pp + p] = dfin ? dfin[(bh * Pd + p) * N + n] : T(0);
     for (int64_t p = 0; p < Pp; ++p) dDacc.ptr[p] = 0;
     T dA_acc = 0;
+    auto tok_of = [&](int64_t t) { return (b * L + t) * H + h; };
+    auto bc_of = [&](int64_t t) { return ((b * L + t) * G + g) * N; };
+    // Rows of the sub-chunk starting at ts, into L2 ahead of their use.
+    auto prefetch_sub = [&](int64_t ts) {
+      for (int64_t t = std::max<int64_t>(ts, 0); t < std::min(L, ts + SUB); ++t) {
+        prefetch_row<0, 2>(x + tok_of(t) * Pd, Pd);
+        prefetch_row<0, 2>(Bm + bc_of(t), N);
+        prefetch_row<0, 2>(Cm + bc_of(t), N);
+      }
+    };
 
     for (int64_t c = nchunks - 1; c >= 0; --c) {
       const int64_t t0 = c * chunk, t1 = std::min(L, t0 + chunk);
       const int64_t nsub = (t1 - t0 + SUB - 1) / SUB;
-      // Sub-checkpoints: sub[j] is the state entering token t0 + j * SUB.
       const T *ck = ckpt + (bh * nchunks + c) * N * Pd;
       for (int64_t n = 0; n < N; ++n) std::memcpy(sub.ptr + n * Pp, ck + n * Pd, Pd * sizeof(T));
+      // Sub-checkpoints: the scan without outputs, the state in registers.
       for (int64_t j = 0; j + 1 < nsub; ++j) {
-        for (int64_t k = 0; k < SUB; ++k) {
-          const int64_t t = t0 + j * SUB + k, tok = (b * L + t) * H + h;
-          if (t + PF < L) {
-            prefetch_row(x + (tok + PF * H) * Pd, Pd);
-            prefetch_row(Bm + ((b * L + t + PF) * G + g) * N, N);
-          }
-          const T d = process_dt<T>(dt[tok] + bh_bias, P).dt;
-          const T *xr = x + tok * Pd;
-          for (int64_t p = 0; p < Pd; ++p) u.ptr[p] = d * xr[p];
-          const int64_t bc = ((b * L + t) * G + g) * N;
-          const T *src = sub.ptr + (k == 0 ? j : j + 1) * NP;
-          step<T, false>(src, sub.ptr + (j + 1) * NP, N, Pp, u.ptr, std::exp(d * Ah), Bm + bc,
-                         Cm + bc, nullptr);
-        }
+        const int64_t ts = t0 + j * SUB;
+        prefetch_sub(ts + SUB);
+        blk.len = SUB;
+        load_block(blk, P, dt + tok_of(ts), x + tok_of(ts) * Pd, H, Ah, bh_bias, w.ptr, Pp);
+        T *next = sub.ptr + (j + 1) * NP;
+        std::memcpy(next, sub.ptr + j * NP, NP * sizeof(T));
+        scan_block<T, false, false>(next, true, N, Pp, blk,
+                                    {w.ptr, Bm + bc_of(ts), Cm + bc_of(ts), G * N, nullptr,
+                                     nullptr, 0});
       }
       for (int64_t j = nsub - 1; j >= 0; --j) {
-        const int64_t ts = t0 + j * SUB, kn = std::min(t1, ts + SUB) - ts;
-        // States after each token of the sub-chunk (and y before skip/gate).
-        for (int64_t k = 0; k < kn; ++k) {
-          const int64_t t = ts + k, tok = (b * L + t) * H + h;
-          if (t + PF < L) {
-            const int64_t bk = ((b * L + t + PF) * G + g) * N;
-            prefetch_row(x + (tok + PF * H) * Pd, Pd);
-            prefetch_row(Bm + bk, N);
-            prefetch_row(z ? Cm + bk : nullptr, N);
-          }
-          const Dt<T> d = process_dt<T>(dt[tok] + bh_bias, P);
-          dtv[k] = d.dt;
-          dfac[k] = d.dfac;
-          av[k] = std::exp(d.dt * Ah);
-          const T *xr = x + tok * Pd;
-          for (int64_t p = 0; p < Pd; ++p) u.ptr[p] = d.dt * xr[p];
-          const int64_t bc = ((b * L + t) * G + g) * N;
-          const T *src = k == 0 ? sub.ptr + j * NP : buf.ptr + (k - 1) * NP;
-          if (z)
-            step<T, true>(src, buf.ptr + k * NP, N, Pp, u.ptr, av[k], Bm + bc, Cm + bc,
-                          ybuf.ptr + k * Pp);
-          else
-            step<T, false>(src, buf.ptr + k * NP, N, Pp, u.ptr, av[k], Bm + bc, Cm + bc, nullptr);
+        const int64_t ts = t0 + j * SUB;
+        blk.len = std::min(t1, ts + SUB) - ts;
+        prefetch_sub(ts - SUB);
+        // The scaled state after each token of the sub-chunk (and, for the
+        // gate, y before skip and gate, unscaled).
+        load_block(blk, P, dt + tok_of(ts), x + tok_of(ts) * Pd, H, Ah, bh_bias, w.ptr, Pp);
+        const BlockIO<T> io{w.ptr, Bm + bc_of(ts), Cm + bc_of(ts), G * N, ybuf.ptr, buf.ptr, NP};
+        if (z) {
+          std::memset(ybuf.ptr, 0, blk.len * Pp * sizeof(T));
+          scan_block<T, true, true>(sub.ptr + j * NP, false, N, Pp, blk, io);
+        } else {
+          scan_block<T, false, true>(sub.ptr + j * NP, false, N, Pp, blk, io);
         }
-        for (int64_t k = kn - 1; k >= 0; --k) {
-          const int64_t t = ts + k, tok = (b * L + t) * H + h;
+        for (int64_t k = blk.len - 1; k >= 0; --k) {
+          const int64_t t = ts + k, tok = tok_of(t);
           if (t - PF >= 0) {
-            const int64_t tk = tok - PF * H, bk = ((b * L + t - PF) * G + g) * N;
+            const int64_t tk = tok - PF * H, bk = bc_of(t - PF);
             prefetch_row(dout + tk * Pd, Pd);
             prefetch_row(z ? z + tk * Pd : nullptr, Pd);
             prefetch_row<1>(dx + tk * Pd, Pd);
@@ -537,34 +517,35 @@ static void bwd_kernel(const SSDParams &P, int64_t bh0, int64_t bh1) {
             prefetch_row<1>(dB + bk, N);
             prefetch_row<1>(dC + bk, N);
           }
+          const T S = blk.scale[k], dtk = blk.dt[k];
           const T *xr = x + tok * Pd, *gr = dout + tok * Pd;
           const T *zr = z ? z + tok * Pd : nullptr;
           for (int64_t p = 0; p < Pd; ++p) {
             T g_out = gr[p];
             if (zr) {
               const T zz = zr[p], sg = T(1) / (T(1) + std::exp(-zz));
-              T ypre = ybuf.ptr[k * Pp + p];
+              T ypre = S * ybuf.ptr[k * Pp + p];
               if (Dh) ypre += Dh[p] * xr[p];
               dz[tok * Pd + p] = g_out * ypre * sg * (T(1) + zz * (T(1) - sg));
               g_out *= zz * sg;
             }
             dy.ptr[p] = g_out;
             dDacc.ptr[p] += g_out * xr[p];
-            u.ptr[p] = dtv[k] * xr[p];
+            u.ptr[p] = dtk * xr[p];
           }
           for (int64_t n = 0; n < N; ++n) dCn.ptr[n] = dBn.ptr[n] = 0;
           V<T> q{};
-          const int64_t bc = ((b * L + t) * G + g) * N;
-          back<T>(ds.ptr, buf.ptr + k * NP, N, Pp, u.ptr, dy.ptr, av[k], Bm + bc, Cm + bc,
+          const int64_t bc = bc_of(t);
+          back<T>(ds.ptr, buf.ptr + k * NP, S, N, Pp, u.ptr, dy.ptr, blk.a[k], Bm + bc, Cm + bc,
                   du.ptr, dCn.ptr, dBn.ptr, q);
-          T ada = vhsum<T>(q), dtx = 0;
+          T ada = vhsum<T>(q) * S, dtx = 0;
           for (int64_t p = 0; p < Pd; ++p) {
             ada -= u.ptr[p] * du.ptr[p];
             dtx += xr[p] * du.ptr[p];
-            dx[tok * Pd + p] = du.ptr[p] * dtv[k] + (Dh ? Dh[p] * dy.ptr[p] : T(0));
+            dx[tok * Pd + p] = du.ptr[p] * dtk + (Dh ? Dh[p] * dy.ptr[p] : T(0));
           }
-          ddt[tok] = (dtx + ada * Ah) * dfac[k];
-          dA_acc += ada * dtv[k];
+          ddt[tok] = (dtx + ada * Ah) * blk.dfac[k];
+          dA_acc += ada * dtk;
           T *dBr = dB + bc, *dCr = dC + bc;  // this thread's sum over heads
           for (int64_t n = 0; n < N; ++n) {
             dBr[n] += dBn.ptr[n];
