@@ -158,26 +158,28 @@ static inline Dt<T> process_dt(T raw, const SSDParams &P) {
   return {v, f};
 }
 
-// Adjoint of one token over a block of NB vectors of p (see the top), given
-// the state scaled as the forward carries it: s_t = scale * r. Accumulates dC,
-// dB (over blocks of p) and <ds_t, r> (times scale, <ds_t, s_t>) into q.
+// Adjoint of one token over a block of NB vectors of p (see the top), with
+// the state and its gradient both carried scaled: s_t = S r and ds = Q rho
+// (see bwd_kernel). Updates rho to ds_t / Q (which, times a_t, is the
+// gradient w.r.t. s_{t-1}: the caller moves a_t into Q), accumulates dC, and
+// dB / Q (over blocks of p), writes du / Q and adds <ds_t, r> / Q into q.
 template <typename T, int NB>
-static inline void back_block(T *__restrict ds, const T *__restrict r, T scale, int64_t N,
-                              int64_t Pp, const T *__restrict u, const T *__restrict dy, T a,
+static inline void back_block(T *__restrict rho, const T *__restrict r, T S, T Q_inv, int64_t N,
+                              int64_t Pp, const T *__restrict u, const T *__restrict dy,
                               const T *__restrict Bt, const T *__restrict Ct,
                               T *__restrict du, T *__restrict dCn, T *__restrict dBn,
                               V<T> &q) {
   constexpr int W = Vec<T>::W;
-  V<T> uu[NB], dyy[NB], dys[NB], duu[NB], qq[NB];
-  const V<T> sc = vsplat(scale);
+  V<T> uu[NB], dyq[NB], dys[NB], duu[NB], qq[NB];
+  const V<T> sv_scale = vsplat(S), dy_scale = vsplat(Q_inv);
   for (int k = 0; k < NB; ++k) {
+    const V<T> g = vload(dy + k * W);
     uu[k] = vload(u + k * W);
-    dyy[k] = vload(dy + k * W);
-    dys[k] = sc * dyy[k];  // dC = s . dy = r . (scale dy)
+    dys[k] = sv_scale * g;  // dC = s . dy = r . (S dy)
+    dyq[k] = dy_scale * g;  // ds_t / Q = rho + C (x) (dy / Q)
     duu[k] = V<T>{};
     qq[k] = V<T>{};
   }
-  const V<T> av = vsplat(a);
   // Rows in groups of W: the partial dC[n], dB[n] of each row stay vectors
   // over p and one transposed reduction per group sums them.
   for (int64_t n0 = 0; n0 < N; n0 += W) {
@@ -189,18 +191,18 @@ static inline void back_block(T *__restrict ds, const T *__restrict r, T scale, 
     }
     for (int i = 0; i < rows; ++i) {
       const int64_t n = n0 + i;
-      T *dr = ds + n * Pp;
+      T *dr = rho + n * Pp;
       const T *sr = r + n * Pp;
       const V<T> bn = vsplat(Bt[n]), cn = vsplat(Ct[n]);
       V<T> c{}, b{};  // in registers; vc[i] is written once
       for (int k = 0; k < NB; ++k) {
-        const V<T> d = vload(dr + k * W) + cn * dyy[k];
+        const V<T> d = vload(dr + k * W) + cn * dyq[k];
         const V<T> sv = vload(sr + k * W);
         c += sv * dys[k];
         b += d * uu[k];
         duu[k] += d * bn;
         qq[k] += d * sv;
-        vstore(dr + k * W, av * d);
+        vstore(dr + k * W, d);
       }
       vc[i] = c;
       vb[i] = b;
@@ -216,17 +218,17 @@ static inline void back_block(T *__restrict ds, const T *__restrict r, T scale, 
 }
 
 template <typename T>
-static inline void back(T *ds, const T *r, T scale, int64_t N, int64_t Pp, const T *u,
-                        const T *dy, T a, const T *Bt, const T *Ct, T *du, T *dCn, T *dBn,
+static inline void back(T *rho, const T *r, T S, T Q_inv, int64_t N, int64_t Pp, const T *u,
+                        const T *dy, const T *Bt, const T *Ct, T *du, T *dCn, T *dBn,
                         V<T> &q) {
   constexpr int W = Vec<T>::W;
   const int64_t nv = Pp / W;
   int64_t k = 0;
   for (; k + SSD_NB_BWD <= nv; k += SSD_NB_BWD)
-    back_block<T, SSD_NB_BWD>(ds + k * W, r + k * W, scale, N, Pp, u + k * W, dy + k * W, a,
+    back_block<T, SSD_NB_BWD>(rho + k * W, r + k * W, S, Q_inv, N, Pp, u + k * W, dy + k * W,
                               Bt, Ct, du + k * W, dCn, dBn, q);
   for (; k < nv; ++k)
-    back_block<T, 1>(ds + k * W, r + k * W, scale, N, Pp, u + k * W, dy + k * W, a, Bt, Ct,
+    back_block<T, 1>(rho + k * W, r + k * W, S, Q_inv, N, Pp, u + k * W, dy + k * W, Bt, Ct,
                      du + k * W, dCn, dBn, q);
 }
 
@@ -253,9 +255,13 @@ struct Block {
 // Pp). dt0 and x0 point at the block's first token; consecutive tokens are H
 // apart in dt and H * headdim in x.
 template <typename T>
+static inline bool scale_in_range(T m) {  // false for NaN: it propagates unscaled
+  return m >= std::ldexp(T(1), -60) && m <= std::ldexp(T(1), 60);
+}
+
+template <typename T>
 static inline void load_block(Block<T> &blk, const SSDParams &P, const T *dt0, const T *x0,
                               int64_t H, T Ah, T bias, T *w, int64_t Pp) {
-  const T lo = std::ldexp(T(1), -60), hi = std::ldexp(T(1), 60);
   const int64_t Pd = P.headdim;
   T S = 1;
   for (int64_t k = 0; k < blk.len; ++k) {
@@ -264,7 +270,7 @@ static inline void load_block(Block<T> &blk, const SSDParams &P, const T *dt0, c
     blk.dfac[k] = d.dfac;
     blk.a[k] = std::exp(d.dt * Ah);
     const T m = blk.a[k] * S;
-    blk.fold[k] = !(m >= lo && m <= hi);  // NaN folds, and propagates as unscaled
+    blk.fold[k] = !scale_in_range(m);
     blk.mult[k] = m;
     S = blk.fold[k] ? T(1) : m;
     blk.scale[k] = S;
@@ -449,8 +455,12 @@ static void bwd_kernel(const SSDParams &P, int64_t bh0, int64_t bh1) {
   T *dz = static_cast<T *>(P.dz), *dinit = static_cast<T *>(P.dinit);
 
   // buf: the scaled states r_t of one sub-chunk; sub[j]: the state entering
-  // sub-chunk j of the current chunk.
-  Scratch<T> ds(NP), buf(SUB * NP), sub(nsub_max * NP), ybuf(z ? SUB * Pp : 1);
+  // sub-chunk j of the current chunk. The gradient w.r.t. the state is
+  // carried scaled as the state is in the forward, ds = Q rho, with Q the
+  // product of the decays walked back over (folded into rho where it would
+  // leave the range): the step ds <- a_t ds_t is then a scalar product, and a
+  // token costs five FMAs per state element rather than five and a multiply.
+  Scratch<T> rho(NP), buf(SUB * NP), sub(nsub_max * NP), ybuf(z ? SUB * Pp : 1);
   Scratch<T> w(SUB * Pp), u(Pp), dy(Pp), du(Pp), dDacc(Pp), dCn(N), dBn(N);
   Block<T> blk;
 
@@ -460,7 +470,8 @@ static void bwd_kernel(const SSDParams &P, int64_t bh0, int64_t bh1) {
     const T *Dh = Dm ? Dm + h * Pd : nullptr;
     for (int64_t n = 0; n < N; ++n)
       for (int64_t p = 0; p < Pd; ++p)
-        ds.ptr[n * Pp + p] = dfin ? dfin[(bh * Pd + p) * N + n] : T(0);
+        rho.ptr[n * Pp + p] = dfin ? dfin[(bh * Pd + p) * N + n] : T(0);
+    T Q = 1;
     for (int64_t p = 0; p < Pp; ++p) dDacc.ptr[p] = 0;
     T dA_acc = 0;
     auto tok_of = [&](int64_t t) { return (b * L + t) * H + h; };
@@ -536,27 +547,37 @@ static void bwd_kernel(const SSDParams &P, int64_t bh0, int64_t bh1) {
           for (int64_t n = 0; n < N; ++n) dCn.ptr[n] = dBn.ptr[n] = 0;
           V<T> q{};
           const int64_t bc = bc_of(t);
-          back<T>(ds.ptr, buf.ptr + k * NP, S, N, Pp, u.ptr, dy.ptr, blk.a[k], Bm + bc, Cm + bc,
+          back<T>(rho.ptr, buf.ptr + k * NP, S, T(1) / Q, N, Pp, u.ptr, dy.ptr, Bm + bc, Cm + bc,
                   du.ptr, dCn.ptr, dBn.ptr, q);
-          T ada = vhsum<T>(q) * S, dtx = 0;
+          T ada = vhsum<T>(q) * (Q * S), dtx = 0;
           for (int64_t p = 0; p < Pd; ++p) {
-            ada -= u.ptr[p] * du.ptr[p];
-            dtx += xr[p] * du.ptr[p];
-            dx[tok * Pd + p] = du.ptr[p] * dtk + (Dh ? Dh[p] * dy.ptr[p] : T(0));
+            const T dup = Q * du.ptr[p];
+            ada -= u.ptr[p] * dup;
+            dtx += xr[p] * dup;
+            dx[tok * Pd + p] = dup * dtk + (Dh ? Dh[p] * dy.ptr[p] : T(0));
           }
           ddt[tok] = (dtx + ada * Ah) * blk.dfac[k];
           dA_acc += ada * dtk;
           T *dBr = dB + bc, *dCr = dC + bc;  // this thread's sum over heads
           for (int64_t n = 0; n < N; ++n) {
-            dBr[n] += dBn.ptr[n];
+            dBr[n] += Q * dBn.ptr[n];
             dCr[n] += dCn.ptr[n];
+          }
+          // Gradient w.r.t. s_{t-1}: a_t ds_t = (a_t Q) rho.
+          const T m = blk.a[k] * Q;
+          if (scale_in_range(m)) {
+            Q = m;
+          } else {
+            const V<T> mv = vsplat(m);
+            for (int64_t i = 0; i < NP; i += W) vstore(rho.ptr + i, mv * vload(rho.ptr + i));
+            Q = 1;
           }
         }
       }
     }
     if (dinit)
       for (int64_t p = 0; p < Pd; ++p)
-        for (int64_t n = 0; n < N; ++n) dinit[(bh * Pd + p) * N + n] = ds.ptr[n * Pp + p];
+        for (int64_t n = 0; n < N; ++n) dinit[(bh * Pd + p) * N + n] = Q * rho.ptr[n * Pp + p];
     dA[bh] = dA_acc;
     if (dD)
       for (int64_t p = 0; p < Pd; ++p) dD[bh * Pd + p] = dDacc.ptr[p];
