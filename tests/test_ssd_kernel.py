@@ -121,10 +121,12 @@ def test_matches_reference_fp32(case):
 
 
 @needs_cpp
-def test_threads_agree():
+@pytest.mark.parametrize('b,h,g', [(2, 4, 2), (3, 4, 1)])
+def test_threads_agree(b, h, g):
     """Heads of a group on different threads: their dB/dC are summed from
-    per-thread buffers."""
-    inp = make_inputs(b=2, l=40, h=4, p=8, g=2, n=16, seed=5)
+    per-thread buffers. With 3 x 4 (batch, head) pairs, two threads split a
+    batch row's heads (the forward advances a row's heads together)."""
+    inp = make_inputs(b=b, l=40, h=h, p=8, g=g, n=16, seed=5)
     y1, f1, g1 = run_with_grads(ssd_scan, inp, backend='cpp', chunk_size=16)
     torch.set_num_threads(2)
     try:

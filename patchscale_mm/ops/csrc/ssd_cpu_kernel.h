@@ -391,48 +391,67 @@ static void fwd_kernel(const SSDParams &P, int64_t bh0, int64_t bh1) {
   T *out = static_cast<T *>(P.out), *fin = static_cast<T *>(P.final_state);
   T *ckpt = static_cast<T *>(P.ckpt);
 
-  Scratch<T> state(N * Pp), w(SUB * Pp), y(SUB * Pp);
+  // The heads of one batch row advance together, a block of tokens at a
+  // time: the block's rows of x, z and out are then contiguous over heads,
+  // and its rows of B and C are read from memory once, not once per head.
+  const int64_t NP = N * Pp, heads_max = std::min(bh1 - bh0, H);
+  Scratch<T> states(heads_max * NP), w(SUB * Pp), y(SUB * Pp);
   Block<T> blk;
-  for (int64_t bh = bh0; bh < bh1; ++bh) {
-    const int64_t b = bh / H, h = bh % H, g = h / (H / G);
-    T *s = state.ptr;
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t p = 0; p < Pd; ++p) s[n * Pp + p] = init ? init[(bh * Pd + p) * N + n] : T(0);
-    const T Ah = A[h], bh_bias = bias ? bias[h] : T(0);
-    const T *Dh = Dm ? Dm + h * Pd : nullptr;
-    for (int64_t t0 = 0; t0 < L; t0 += blk.len) {
-      blk.len = std::min(std::min(SUB, L - t0), P.chunk - t0 % P.chunk);
-      if (ckpt && t0 % P.chunk == 0) {  // the state entering the chunk, unscaled
-        T *c = ckpt + (bh * nchunks + t0 / P.chunk) * N * Pd;
-        for (int64_t n = 0; n < N; ++n) std::memcpy(c + n * Pd, s + n * Pp, Pd * sizeof(T));
+  for (int64_t b = bh0 / H; b * H < bh1; ++b) {
+    const int64_t h0 = std::max(bh0 - b * H, int64_t(0)), h1 = std::min(bh1 - b * H, H);
+    for (int64_t h = h0; h < h1; ++h) {
+      T *s = states.ptr + (h - h0) * NP;
+      const int64_t bh = b * H + h;
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t p = 0; p < Pd; ++p) s[n * Pp + p] = init ? init[(bh * Pd + p) * N + n] : T(0);
+    }
+    for (int64_t t0 = 0, len = 0; t0 < L; t0 += len) {
+      len = std::min(std::min(SUB, L - t0), P.chunk - t0 % P.chunk);
+      // The next block's rows, into L2: per head they are H * Pd apart, a
+      // stride the hardware prefetchers do not follow.
+      for (int64_t t = t0 + SUB; t < std::min(L, t0 + 2 * SUB); ++t) {
+        const int64_t row = ((b * L + t) * H + h0) * Pd, bk = (b * L + t) * G * N;
+        prefetch_row<0, 2>(x + row, (h1 - h0) * Pd);
+        prefetch_row<0, 2>(z ? z + row : nullptr, (h1 - h0) * Pd);
+        prefetch_row<1, 2>(out + row, (h1 - h0) * Pd);
+        prefetch_row<0, 2>(Bm + bk, G * N);
+        prefetch_row<0, 2>(Cm + bk, G * N);
       }
-      const int64_t tok0 = (b * L + t0) * H + h, bc0 = ((b * L + t0) * G + g) * N;
-      for (int64_t k = 0; k < blk.len && t0 + k + SUB < L; ++k) {  // next block, into L2
-        const int64_t tk = tok0 + (k + SUB) * H, bk = bc0 + (k + SUB) * G * N;
-        prefetch_row<0, 2>(x + tk * Pd, Pd);
-        prefetch_row<0, 2>(z ? z + tk * Pd : nullptr, Pd);
-        prefetch_row<0, 2>(Bm + bk, N);
-        prefetch_row<0, 2>(Cm + bk, N);
-      }
-      load_block(blk, P, dt + tok0, x + tok0 * Pd, H, Ah, bh_bias, w.ptr, Pp);
-      std::memset(y.ptr, 0, blk.len * Pp * sizeof(T));
-      scan_block<T, true, false>(s, true, N, Pp, blk,
-                                 {w.ptr, Bm + bc0, Cm + bc0, G * N, y.ptr, nullptr, 0});
-      for (int64_t k = 0; k < blk.len; ++k) {
-        const int64_t tok = tok0 + k * H;
-        const T *xr = x + tok * Pd, *yr = y.ptr + k * Pp;
-        const T *zr = z ? z + tok * Pd : nullptr;
-        T *orow = out + tok * Pd;
-        for (int64_t p = 0; p < Pd; ++p) {
-          T v = blk.scale[k] * yr[p];
-          if (Dh) v += Dh[p] * xr[p];
-          if (zr) v *= silu_of(zr[p]);
-          orow[p] = v;
+      for (int64_t h = h0; h < h1; ++h) {
+        const int64_t bh = b * H + h, g = h / (H / G);
+        T *s = states.ptr + (h - h0) * NP;
+        if (ckpt && t0 % P.chunk == 0) {  // the state entering the chunk, unscaled
+          T *c = ckpt + (bh * nchunks + t0 / P.chunk) * N * Pd;
+          for (int64_t n = 0; n < N; ++n) std::memcpy(c + n * Pd, s + n * Pp, Pd * sizeof(T));
+        }
+        const T Ah = A[h], bh_bias = bias ? bias[h] : T(0);
+        const T *Dh = Dm ? Dm + h * Pd : nullptr;
+        const int64_t tok0 = (b * L + t0) * H + h, bc0 = ((b * L + t0) * G + g) * N;
+        blk.len = len;
+        load_block(blk, P, dt + tok0, x + tok0 * Pd, H, Ah, bh_bias, w.ptr, Pp);
+        std::memset(y.ptr, 0, len * Pp * sizeof(T));
+        scan_block<T, true, false>(s, true, N, Pp, blk,
+                                   {w.ptr, Bm + bc0, Cm + bc0, G * N, y.ptr, nullptr, 0});
+        for (int64_t k = 0; k < len; ++k) {
+          const int64_t tok = tok0 + k * H;
+          const T *xr = x + tok * Pd, *yr = y.ptr + k * Pp;
+          const T *zr = z ? z + tok * Pd : nullptr;
+          T *orow = out + tok * Pd;
+          for (int64_t p = 0; p < Pd; ++p) {
+            T v = blk.scale[k] * yr[p];
+            if (Dh) v += Dh[p] * xr[p];
+            if (zr) v *= silu_of(zr[p]);
+            orow[p] = v;
+          }
         }
       }
     }
-    for (int64_t p = 0; p < Pd; ++p)
-      for (int64_t n = 0; n < N; ++n) fin[(bh * Pd + p) * N + n] = s[n * Pp + p];
+    for (int64_t h = h0; h < h1; ++h) {
+      const T *s = states.ptr + (h - h0) * NP;
+      const int64_t bh = b * H + h;
+      for (int64_t p = 0; p < Pd; ++p)
+        for (int64_t n = 0; n < N; ++n) fin[(bh * Pd + p) * N + n] = s[n * Pp + p];
+    }
   }
 }
 
