@@ -219,6 +219,37 @@ def test_another_config_in_the_work_dir_is_refused(ade, tmp_path,
     assert not (reference_dir / 'iter_20.pth').exists()
 
 
+def test_a_gpu_run_with_sync_bn_resumes_on_cpu_processes(monkeypatch):
+    """CPU process groups train with BN where the config says SyncBN (it has
+    no CPU implementation); the checkpoint of either run resumes the other,
+    and any other norm change still counts."""
+    from mmengine.config import Config
+
+    from patchscale_mm.apis import distributed
+    from patchscale_mm.engine.auto_resume import config_differences
+
+    def cfg(norm):
+        return Config(dict(model=dict(
+            type='EncoderDecoder',
+            decode_head=dict(norm_cfg=dict(type=norm, requires_grad=True)),
+            auxiliary_head=[dict(norm_cfg=dict(type=norm))]), launcher='pytorch'))
+
+    gpu = cfg('SyncBN')
+    cpu = cfg('SyncBN')
+    monkeypatch.setattr(distributed.dist, 'is_initialized', lambda: True)
+    monkeypatch.setattr(distributed.torch.cuda, 'is_available', lambda: False)
+    assert distributed.init_cpu_distributed(cpu)
+    assert cpu.model.decode_head.norm_cfg.type == 'BN'
+    assert cpu.model.auxiliary_head[0].norm_cfg.type == 'BN'
+    assert gpu.model.decode_head.norm_cfg.type == 'SyncBN'
+    assert config_differences(gpu, cpu) == []
+    assert config_differences(cpu, gpu) == []
+    differences = config_differences(gpu, cfg('GN'))
+    assert [d.split(':')[0] for d in differences] == [
+        'model.auxiliary_head', 'model.decode_head.norm_cfg.type']
+    assert all('GN' in d for d in differences)
+
+
 def losses(log):
     """Iteration -> logged training loss."""
     found = re.findall(r'Iter\(train\) \[\s*(\d+)/\d+\].*? loss: (\S+)', log)

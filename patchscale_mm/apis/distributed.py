@@ -16,19 +16,8 @@ import torch
 import torch.distributed as dist
 from mmengine.config import Config, ConfigDict
 
+from patchscale_mm.engine.auto_resume import without_sync_bn
 from .slurm import slurm_env_to_torch_env
-
-
-def _replace_sync_bn(node):
-    """SyncBN has no CPU implementation: use plain BN in every norm config."""
-    if isinstance(node, dict):
-        if node.get('type') == 'SyncBN':
-            node['type'] = 'BN'
-        for value in node.values():
-            _replace_sync_bn(value)
-    elif isinstance(node, (list, tuple)):
-        for value in node:
-            _replace_sync_bn(value)
 
 
 def init_cpu_distributed(cfg: Config) -> bool:
@@ -60,7 +49,7 @@ def init_cpu_distributed(cfg: Config) -> bool:
     wrapper.setdefault('find_unused_parameters',
                        cfg.get('find_unused_parameters', False))
     cfg.model_wrapper_cfg = wrapper
-    _replace_sync_bn(cfg.model)
+    cfg.model = without_sync_bn(cfg.model)
     return True
 
 

@@ -45,16 +45,18 @@ def _normalized(cfg: Config) -> dict:
         h for h in tree.get('custom_hooks') or []
         if not (isinstance(h, dict) and h.get('type') in _ADDED_HOOKS)
     ]
-    return _flatten(_same_norms(tree))
+    return _flatten(without_sync_bn(tree))
 
 
-def _same_norms(node):
-    """CPU runs of several processes use BN where GPUs use SyncBN."""
+def without_sync_bn(node):
+    """A copy of a config tree with every ``SyncBN`` norm as ``BN``. SyncBN
+    has no CPU implementation, so CPU runs of several processes use BN (and
+    their checkpoints' configs count as the GPU run's)."""
     if isinstance(node, dict):
-        return {k: ('BN' if k == 'type' and v == 'SyncBN' else _same_norms(v))
+        return {k: ('BN' if k == 'type' and v == 'SyncBN' else without_sync_bn(v))
                 for k, v in node.items()}
-    if isinstance(node, list):
-        return [_same_norms(v) for v in node]
+    if isinstance(node, (list, tuple)):
+        return type(node)(without_sync_bn(v) for v in node)
     return node
 
 
