@@ -15,7 +15,7 @@ from processes import HAS_PROC, children, still_running_after
 from patchscale_mm.sweep.clock import CLOCK_FILE, read_clock, seconds_before
 from patchscale_mm.sweep.overrides import run_config
 from patchscale_mm.sweep.plan import Run, plan_runs
-from patchscale_mm.sweep.progress import (format_duration, progress_note,
+from patchscale_mm.sweep.progress import (ProgressLine, format_duration,
                                           sweep_progress)
 from patchscale_mm.sweep.report import fit_and_plot
 from patchscale_mm.sweep.resume import CONFIG_STAMP, resumable_checkpoint
@@ -178,7 +178,7 @@ def test_sweep_progress_weighs_runs_by_their_measured_cost():
     # Everything done: 100 %, nothing left.
     every = {name: 10. for name in names}
     assert sweep_progress(runs, every) == (100., 0.)
-    assert progress_note(runs, finished) == \
+    assert ProgressLine(runs).note(finished) == \
         f'sweep {percent:.0f}%, about 10 min left'
     assert [format_duration(s) for s in (40, 150, 7200)] == [
         '40 s', '2 min', '2.0 h']
@@ -200,8 +200,9 @@ def test_a_costlier_run_raises_the_time_left_not_the_sweep_back():
     shown, _ = sweep_progress(slow, before)
     percent, _ = sweep_progress(slow, after)
     assert percent < shown  # the estimate of the cls runs grew
-    assert progress_note(slow, after, at_least=shown).startswith(
-        f'sweep {shown:.0f}%')
+    line = ProgressLine(slow)
+    assert line.note(before).startswith(f'sweep {shown:.0f}%')
+    assert line.note(after).startswith(f'sweep {shown:.0f}%')
 
 
 def _synthetic_records(patches, family='vit', task='cls'):

@@ -5,7 +5,8 @@ call that could split times the scan kernel on a fixed problem, on one thread
 and on all of torch's, once per process, and splits only if that saves at
 least a fifth of the time: two vCPUs may be hyperthreads of one core, where a
 split of FMA-bound work only adds waiting. ``PATCHSCALE_KERNEL_THREADS=N``
-fixes at most N threads and times nothing. The policy lives in
+fixes at most N threads and times nothing. Either way the results are the
+same bits: work summed across tasks runs in fixed slices. The policy lives in
 ``csrc/kernel_threads.h``; this module reads and sets it.
 """
 import contextlib

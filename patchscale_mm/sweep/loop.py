@@ -7,7 +7,7 @@ from .data import count_classes, prepare_data
 from .overrides import CHECKPOINT_EVERY, run_config
 from .plan import TASK_METRIC, plan_runs
 from .predictions import PREDICTIONS_FILE, draw_predictions, run_predictions
-from .progress import progress_note, sweep_progress
+from .progress import ProgressLine
 from .report import fit_and_plot, format_table
 from .results import (count_params_and_flops, load_results,
                       read_final_metrics, save_results)
@@ -74,7 +74,7 @@ def run_sweep(work_dir: Union[str, Path],
     log(f'{len(runs)} runs: ' + ', '.join(
         f'{r.name} ({r.tokens} tokens, {r.steps} steps)' for r in runs))
     finished = {}  # run name -> seconds it took, for the time left
-    shown = 0.  # the percentage of the last progress note
+    progress = ProgressLine(runs)
     for i, run in enumerate(runs, 1):
         key = dict(task=run.task, family=run.family, patch=run.patch,
                    steps=run.steps)
@@ -100,8 +100,7 @@ def run_sweep(work_dir: Union[str, Path],
         params, flops = count_params_and_flops(run, config)
         log(f'[{i}/{len(runs)}] {run.name}: {run.tokens} tokens, '
             f'{params / 1e6:.3f}M params, {flops / 1e9:.3f} GFLOPs/image; '
-            + progress_note(runs, finished, at_least=shown))
-        shown = max(shown, sweep_progress(runs, finished)[0])
+            + progress.note(finished))
         # Those of an earlier training would be drawn as this one's.
         (run_dir / PREDICTIONS_FILE).unlink(missing_ok=True)
         try:

@@ -101,15 +101,20 @@ def format_duration(seconds: float) -> str:
     return f'{seconds / 3600:.1f} h'
 
 
-def progress_note(runs: Sequence[Run],
-                  finished: Dict[str, Optional[float]],
-                  at_least: float = 0.) -> str:
-    """'sweep 31%, about 6 min left' for the run lines. The percentage is
-    at least ``at_least`` (the one shown before): a run that costs more
-    than estimated raises the time left, but the sweep does not move
-    backwards."""
-    percent, left = sweep_progress(runs, finished)
-    percent = max(percent, at_least)
-    if left is None:
-        return f'sweep {percent:.0f}%, time left known after the first run'
-    return f'sweep {percent:.0f}%, about {format_duration(left)} left'
+class ProgressLine:
+    """The run lines' 'sweep 31%, about 6 min left' over one sweep ``runs``.
+
+    A run that costs more than estimated raises the time left, but the shown
+    percentage does not move backwards: it is the highest so far.
+    """
+
+    def __init__(self, runs: Sequence[Run]):
+        self.runs = runs
+        self.shown = 0.
+
+    def note(self, finished: Dict[str, Optional[float]]) -> str:
+        percent, left = sweep_progress(self.runs, finished)
+        self.shown = max(self.shown, percent)
+        if left is None:
+            return f'sweep {self.shown:.0f}%, time left known after the first run'
+        return f'sweep {self.shown:.0f}%, about {format_duration(left)} left'

@@ -240,7 +240,7 @@ def bench_threads(args):
                   f'| {t_fb / first:.2f} |', flush=True)
     probe = _C.split_timing()
     if probe['measured']:
-        print(f"\nThe automatic choice timed the forward of {2 * probe['threads']} heads x 1024 "
+        print(f"\nThe automatic choice timed the forward of {probe['heads']} heads x 1024 "
               f"tokens: {probe['one_ms']:.2f} ms on one thread, {probe['split_ms']:.2f} ms on "
               f"{probe['threads']} ({probe['one_ms'] / probe['split_ms']:.2f}x; it splits "
               'from 1.25x).')

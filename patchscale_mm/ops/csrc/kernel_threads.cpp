@@ -13,7 +13,8 @@ namespace {
 
 constexpr const char *kEnv = "PATCHSCALE_KERNEL_THREADS";
 constexpr double kMinGain = 1.25;  // one thread's time over the split's
-constexpr int kRepeats = 5;
+constexpr int kMinPairs = 5, kMaxPairs = 100;
+constexpr double kWindowMs = 40;
 
 std::mutex mutex;
 bool setting_read = false;
@@ -31,26 +32,33 @@ int64_t read_env() {
   return n;
 }
 
-double best_ms(int64_t heads, int64_t threads) {
-  double best = 1e30;
-  for (int i = 0; i < kRepeats; ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
-    probe_workload(heads, threads);
-    const std::chrono::duration<double, std::milli> dt = std::chrono::steady_clock::now() - t0;
-    best = std::min(best, dt.count());
-  }
-  return best;
-}
-
-// Caller holds the mutex.
+// Caller holds the mutex. One thread and the split alternate, so that a
+// moment of load elsewhere on the machine weighs on both.
 SplitTiming measure(int64_t threads) {
   SplitTiming s;
   s.measured = true;
   s.threads = threads;
-  const int64_t heads = 2 * threads;  // the same problem, on one thread and split
-  probe_workload(heads, threads);     // starts the thread pool, allocates, warms up
-  s.one_ms = best_ms(heads, 1);
-  s.split_ms = best_ms(heads, threads);
+  // The same problem on one thread and split; two heads per thread, up to 16
+  // (about 3 ms on one thread), enough to see whether a split gains at all.
+  const int64_t heads = 2 * std::min<int64_t>(threads, 8);
+  s.heads = heads;
+  probe_workload(heads, threads);  // starts the thread pool, allocates, warms up
+  auto ms = [&](int64_t t) {
+    const auto t0 = std::chrono::steady_clock::now();
+    probe_workload(heads, t);
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+        .count();
+  };
+  // Pairs for at least kWindowMs: another process's burst on the other CPU
+  // (a BLAS pool spinning after its last call, say) lasts a few ms.
+  s.one_ms = s.split_ms = 1e30;
+  double spent = 0;
+  for (int i = 0; i < kMaxPairs && (i < kMinPairs || spent < kWindowMs); ++i) {
+    const double one = ms(1), split = ms(threads);
+    s.one_ms = std::min(s.one_ms, one);
+    s.split_ms = std::min(s.split_ms, split);
+    spent += one + split;
+  }
   return s;
 }
 

@@ -5,10 +5,12 @@
 // so. A split of FMA-bound work then gains nothing and loses to the threads'
 // shared caches and waiting. So, unless PATCHSCALE_KERNEL_THREADS fixes a
 // number, the first kernel call that could split times the scan kernel on a
-// fixed problem on one thread and on all of them, once per process, and
-// splits only if that saves at least a fifth of the time. A different choice
-// changes the summation order of the per-thread dB/dC sums, as any change of
-// torch.set_num_threads does.
+// fixed problem on one thread and on all of them, alternately for 40 ms,
+// once per process, and splits only if that saves at least a fifth of the
+// time. The choice, like
+// torch.set_num_threads, does not change the kernels' results: work summed
+// across tasks is cut into slices that do not depend on the thread count
+// (parallel_slices).
 #pragma once
 #include <ATen/Parallel.h>
 
@@ -28,6 +30,7 @@ int64_t kernel_threads_setting();
 struct SplitTiming {
   bool measured = false;
   int64_t threads = 1;             // the split that was timed
+  int64_t heads = 0;               // of the probe's problem
   double one_ms = 0, split_ms = 0;  // best times of the probe
 };
 SplitTiming split_timing();
@@ -42,6 +45,23 @@ template <typename F>
 inline void parallel_for(int64_t n, int64_t grain, const F &f) {
   const int64_t t = kernel_threads();
   at::parallel_for(0, n, std::max<int64_t>(grain, (n + t - 1) / t), f);
+}
+
+// For work whose parts are summed: [0, n) in `slices` fixed slices, slice i
+// handed to f(begin, end, i) on one thread, the slices spread over the
+// kernel threads. Each slice sums into its own buffer and the caller adds
+// the buffers in slice order, so the bits do not depend on the thread count.
+constexpr int64_t kMaxSlices = 8;  // buffers, and the most threads such work uses
+
+inline int64_t slice_count(int64_t n, int64_t grain) {
+  return std::max<int64_t>(1, std::min<int64_t>(kMaxSlices, (n + grain - 1) / grain));
+}
+
+template <typename F>
+inline void parallel_slices(int64_t n, int64_t slices, const F &f) {
+  parallel_for(slices, 1, [&](int64_t first, int64_t last) {
+    for (int64_t i = first; i < last; ++i) f(i * n / slices, (i + 1) * n / slices, i);
+  });
 }
 
 }  // namespace patchscale_threads

@@ -42,20 +42,20 @@ void check_same(const at::Tensor &t, const at::Tensor &like, const char *op, con
               like.sizes());
 }
 
-// Runs fn(begin, end) over [0, n) on torch's threads, handing each call the
-// slice of a zeroed per-thread accumulator; returns the sum over threads.
+// Runs fn(begin, end, buffer) over [0, n) in fixed slices (kernel_threads.h),
+// each with its own zeroed accumulator of acc_numel elements; returns their
+// sum in slice order (the same bits on any number of threads).
 template <typename F>
 at::Tensor parallel_accumulate(int64_t n, int64_t grain, int64_t acc_numel, at::ScalarType dtype,
                                F &&fn) {
-  const int64_t nthreads = std::max<int64_t>(
-      1, std::min<int64_t>(patchscale_threads::kernel_threads(), (n + grain - 1) / grain));
-  at::Tensor acc = at::zeros({nthreads, acc_numel}, at::TensorOptions().dtype(dtype));
-  patchscale_threads::parallel_for(n, grain, [&](int64_t begin, int64_t end) {
-    const int64_t tid = at::get_thread_num();
-    TORCH_CHECK(tid < nthreads, "mixer cpp: unexpected thread ", tid);
-    fn(begin, end, static_cast<char *>(acc.data_ptr()) + tid * acc_numel * acc.element_size());
+  const int64_t slices = patchscale_threads::slice_count(n, grain);
+  at::Tensor acc = at::zeros({slices, acc_numel}, at::TensorOptions().dtype(dtype));
+  patchscale_threads::parallel_slices(n, slices, [&](int64_t begin, int64_t end, int64_t i) {
+    fn(begin, end, static_cast<char *>(acc.data_ptr()) + i * acc_numel * acc.element_size());
   });
-  return nthreads == 1 ? acc[0] : acc.sum(0);
+  at::Tensor total = acc[0];
+  for (int64_t i = 1; i < slices; ++i) total = total + acc[i];
+  return total;
 }
 
 constexpr int64_t kTokenBlock = 512;  // tokens per convolution task

@@ -69,27 +69,58 @@ SSDParams make_params(const at::Tensor &x, const at::Tensor &dt, const at::Tenso
       kOp, x, dt, A, B, C, D, z, dt_bias, init, dt_softplus, dt_min, dt_max, chunk_size);
 }
 
-// thread_stride: elements between the threads' dB/dC buffers (backward).
-void run(const SSDParams &P, bool is_double, bool backward, int64_t thread_stride = 0,
-         int64_t nthreads = 1) {
+// The forward runs one task per (batch, head) pair: each is independent.
+// The backward sums dB/dC over the heads of a group, so its pairs run in
+// `slices` fixed slices (kernel_threads.h), each adding into its own buffer,
+// slice_stride elements apart.
+void run(const SSDParams &P, bool is_double, bool backward, int64_t slices = 1,
+         int64_t slice_stride = 0) {
   const KernelSet &ks = kernels();
   const KernelFn fn = backward ? (is_double ? ks.bwd_f64 : ks.bwd_f32)
                                : (is_double ? ks.fwd_f64 : ks.fwd_f32);
   const int64_t elem = is_double ? sizeof(double) : sizeof(float);
-  // One (batch, head) per task: each runs the whole sequence with its state
-  // in cache. at::parallel_for runs on torch's OpenMP threads (setup.py
-  // compiles with -fopenmp; the process loads torch's libgomp only), on as
-  // many as kernel_threads.h allows.
-  patchscale_threads::parallel_for(P.batch * P.nheads, 1, [&](int64_t begin, int64_t end) {
+  // Each task runs whole sequences with the state in cache. The threads are
+  // torch's OpenMP threads (setup.py compiles with -fopenmp; the process
+  // loads torch's libgomp only), as many as kernel_threads.h allows.
+  if (!backward) {
+    patchscale_threads::parallel_for(P.batch * P.nheads, 1,
+                                     [&](int64_t begin, int64_t end) { fn(P, begin, end); });
+    return;
+  }
+  patchscale_threads::parallel_slices(P.batch * P.nheads, slices,
+                                      [&](int64_t begin, int64_t end, int64_t slice) {
     SSDParams Pt = P;
-    if (backward) {
-      const int64_t tid = at::get_thread_num();
-      TORCH_CHECK(tid < nthreads, kOp, ": unexpected thread ", tid);
-      Pt.dB = static_cast<char *>(P.dB) + tid * thread_stride * elem;
-      Pt.dC = static_cast<char *>(P.dC) + tid * thread_stride * elem;
-    }
+    Pt.dB = static_cast<char *>(P.dB) + slice * slice_stride * elem;
+    Pt.dC = static_cast<char *>(P.dC) + slice * slice_stride * elem;
     fn(Pt, begin, end);
   });
+}
+
+// The slices' buffers (slices, ...) added in slice order, in one pass.
+template <typename T>
+void sum_slices_into(const T *buffers, int64_t slices, int64_t numel, T *total) {
+  constexpr int64_t kBlock = 2048;  // elements summed while they sit in L1
+  patchscale_threads::parallel_for(numel, kBlock, [&](int64_t begin, int64_t end) {
+    for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
+      const int64_t b1 = std::min(end, b0 + kBlock);
+      std::copy(buffers + b0, buffers + b1, total + b0);
+      for (int64_t k = 1; k < slices; ++k) {
+        const T *part = buffers + k * numel;
+        for (int64_t i = b0; i < b1; ++i) total[i] += part[i];
+      }
+    }
+  });
+}
+
+at::Tensor sum_slices(const at::Tensor &buffers) {
+  if (buffers.size(0) == 1) return buffers[0];
+  at::Tensor total = at::empty_like(buffers[0]);
+  const int64_t slices = buffers.size(0), numel = total.numel();
+  if (buffers.scalar_type() == at::kDouble)
+    sum_slices_into(buffers.data_ptr<double>(), slices, numel, total.data_ptr<double>());
+  else
+    sum_slices_into(buffers.data_ptr<float>(), slices, numel, total.data_ptr<float>());
+  return total;
 }
 
 }  // namespace
@@ -136,11 +167,11 @@ std::vector<at::Tensor> ssd_bwd_cpu(
                 n = P.dstate;
   const auto opt = x.options();
   at::Tensor dx = at::empty_like(x), ddt = at::empty_like(dt);
-  // Per-thread sums over heads, rather than per-head buffers: at 50K tokens
-  // and 24 heads those would be 300 MB each.
-  const int64_t nthreads = std::min<int64_t>(patchscale_threads::kernel_threads(), b * h);
-  at::Tensor dB_t = at::zeros({nthreads, b, l, g, n}, opt);
-  at::Tensor dC_t = at::zeros({nthreads, b, l, g, n}, opt);
+  // Sums over heads per slice of (batch, head) pairs, rather than per-head
+  // buffers: at 50K tokens and 24 heads those would be 300 MB each.
+  const int64_t slices = patchscale_threads::slice_count(b * h, 1);
+  at::Tensor dB_s = at::zeros({slices, b, l, g, n}, opt);
+  at::Tensor dC_s = at::zeros({slices, b, l, g, n}, opt);
   at::Tensor dA_bh = at::empty({b, h}, opt);
   const bool has_D = P.D != nullptr, has_z = P.z != nullptr, has_init = P.init != nullptr;
   at::Tensor dD_bh = has_D ? at::empty({b, h, p}, opt) : at::empty({0}, opt);
@@ -151,16 +182,15 @@ std::vector<at::Tensor> ssd_bwd_cpu(
   P.ckpt = const_cast<void *>(chunk_states.data_ptr());
   P.dx = dx.data_ptr();
   P.ddt = ddt.data_ptr();
-  P.dB = dB_t.data_ptr();
-  P.dC = dC_t.data_ptr();
+  P.dB = dB_s.data_ptr();
+  P.dC = dC_s.data_ptr();
   P.dA = dA_bh.data_ptr();
   P.dD = has_D ? dD_bh.data_ptr() : nullptr;
   P.dz = has_z ? dz.data_ptr() : nullptr;
   P.dinit = has_init ? dinit.data_ptr() : nullptr;
-  run(P, x.scalar_type() == at::kDouble, true, b * l * g * n, nthreads);
+  run(P, x.scalar_type() == at::kDouble, true, slices, b * l * g * n);
 
-  at::Tensor dB = nthreads == 1 ? dB_t[0] : dB_t.sum(0);
-  at::Tensor dC = nthreads == 1 ? dC_t[0] : dC_t.sum(0);
+  at::Tensor dB = sum_slices(dB_s), dC = sum_slices(dC_s);
   at::Tensor ddt_bias = P.dt_bias ? ddt.sum(at::IntArrayRef{0, 1}) : at::empty({0}, opt);
   return {dx, ddt, dA_bh.sum(0), dB, dC, has_D ? dD_bh.sum(0) : dD_bh, dz, ddt_bias, dinit};
 }
@@ -330,6 +360,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::dict d;
         d["measured"] = s.measured;
         d["threads"] = s.threads;
+        d["heads"] = s.heads;
         d["one_ms"] = s.one_ms;
         d["split_ms"] = s.split_ms;
         return d;

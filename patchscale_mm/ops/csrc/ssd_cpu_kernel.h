@@ -120,18 +120,63 @@ __attribute__((always_inline)) static inline void prefetch_row(const T *p, int64
 }
 static constexpr int64_t PF = 2;  // tokens ahead
 
+// Aligned blocks a thread keeps between kernel calls: the backward runs once
+// per slice of (batch, head) pairs, and a fresh block of a few hundred KiB
+// would come from mmap each time, page faults and all.
+class BlockPool {
+ public:
+  ~BlockPool() {
+    for (const auto &b : free_) std::free(b.first);
+  }
+  // The smallest kept block of at least `bytes`, or a new one; its size in
+  // `bytes`.
+  void *take(size_t &bytes) {
+    size_t best = free_.size();
+    for (size_t i = 0; i < free_.size(); ++i) {
+      const bool fits = free_[i].second >= bytes;
+      if (fits && (best == free_.size() || free_[i].second < free_[best].second)) best = i;
+    }
+    if (best < free_.size()) {
+      void *p = free_[best].first;
+      bytes = free_[best].second;
+      free_.erase(free_.begin() + best);
+      return p;
+    }
+    void *p = std::aligned_alloc(ALIGN, bytes);
+    if (p == nullptr) throw std::bad_alloc();
+    return p;
+  }
+  void give_back(void *p, size_t bytes) {
+    if (free_.size() < kKept) {
+      free_.emplace_back(p, bytes);
+    } else {
+      std::free(p);
+    }
+  }
+
+ private:
+  static constexpr size_t kKept = 16;
+  std::vector<std::pair<void *, size_t>> free_;
+};
+
+static inline BlockPool &thread_block_pool() {
+  static thread_local BlockPool pool;
+  return pool;
+}
+
 // Aligned scratch, zero-initialised (padding lanes of p must stay zero).
 template <typename T>
 struct Scratch {
   T *ptr = nullptr;
+  size_t bytes = 0;
   explicit Scratch(int64_t n) {
-    size_t bytes = static_cast<size_t>(round_up(n > 0 ? n : 1, ALIGN) * sizeof(T));
+    bytes = static_cast<size_t>(round_up(n > 0 ? n : 1, ALIGN) * sizeof(T));
     bytes = static_cast<size_t>(round_up(static_cast<int64_t>(bytes), ALIGN));
-    ptr = static_cast<T *>(std::aligned_alloc(ALIGN, bytes));
-    if (ptr == nullptr) throw std::bad_alloc();
-    std::memset(ptr, 0, bytes);
+    const size_t used = bytes;
+    ptr = static_cast<T *>(thread_block_pool().take(bytes));
+    std::memset(ptr, 0, used);
   }
-  ~Scratch() { std::free(ptr); }
+  ~Scratch() { thread_block_pool().give_back(ptr, bytes); }
   Scratch(const Scratch &) = delete;
   Scratch &operator=(const Scratch &) = delete;
 };
@@ -339,21 +384,21 @@ static inline void scan_tile(T *s, bool write_back, int64_t Pp, const Block<T> &
 
 template <typename T, int R, bool WITH_Y, bool KEEP>
 static inline void scan_row_group(T *s, bool write_back, int64_t Pp, const Block<T> &blk,
-                                  BlockIO<T> io) {
+                                  const BlockIO<T> &io) {
   constexpr int W = Vec<T>::W, NB = SSD_NB_FWD;
   const int64_t nv = Pp / W;
-  const T *w = io.w;
-  T *y = io.y, *states = io.states;
-  int64_t k = 0;
-  auto at = [&](int64_t k) {  // the tile's view of the block's buffers
-    io.w = w + k * W;
-    io.y = y ? y + k * W : nullptr;
-    io.states = states ? states + k * W : nullptr;
-    return io;
+  auto tile_io = [&](int64_t k) {  // the buffers as seen from vector k of p
+    BlockIO<T> v = io;
+    v.w = io.w + k * W;
+    v.y = io.y ? io.y + k * W : nullptr;
+    v.states = io.states ? io.states + k * W : nullptr;
+    return v;
   };
+  int64_t k = 0;
   for (; k + NB <= nv; k += NB)
-    scan_tile<T, R, NB, WITH_Y, KEEP>(s + k * W, write_back, Pp, blk, at(k));
-  for (; k < nv; ++k) scan_tile<T, R, 1, WITH_Y, KEEP>(s + k * W, write_back, Pp, blk, at(k));
+    scan_tile<T, R, NB, WITH_Y, KEEP>(s + k * W, write_back, Pp, blk, tile_io(k));
+  for (; k < nv; ++k)
+    scan_tile<T, R, 1, WITH_Y, KEEP>(s + k * W, write_back, Pp, blk, tile_io(k));
 }
 
 // All tiles of the state s (N rows of Pp) over one block; io.y must start at
@@ -362,7 +407,7 @@ template <typename T, bool WITH_Y, bool KEEP>
 static inline void scan_block(T *s, bool write_back, int64_t N, int64_t Pp, const Block<T> &blk,
                               const BlockIO<T> &io) {
   constexpr int R = SSD_TILE_ROWS;
-  auto rows = [&](int64_t n) {  // the row group's view
+  auto rows_io = [&](int64_t n) {  // the buffers as seen from row n
     BlockIO<T> v = io;
     v.B = io.B + n;
     v.C = io.C + n;
@@ -371,9 +416,9 @@ static inline void scan_block(T *s, bool write_back, int64_t N, int64_t Pp, cons
   };
   int64_t n = 0;
   for (; n + R <= N; n += R)
-    scan_row_group<T, R, WITH_Y, KEEP>(s + n * Pp, write_back, Pp, blk, rows(n));
+    scan_row_group<T, R, WITH_Y, KEEP>(s + n * Pp, write_back, Pp, blk, rows_io(n));
   for (; n < N; ++n)
-    scan_row_group<T, 1, WITH_Y, KEEP>(s + n * Pp, write_back, Pp, blk, rows(n));
+    scan_row_group<T, 1, WITH_Y, KEEP>(s + n * Pp, write_back, Pp, blk, rows_io(n));
 }
 
 template <typename T>
