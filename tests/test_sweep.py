@@ -300,17 +300,24 @@ def test_run_config_overrides_only_patch_steps_and_data(tmp_path):
     assert cfg.model.decode_head.type == 'patchscale_mm.LinearSegHead'
 
 
+def stamped_run_with_checkpoint(run, work_dir):
+    """A run's work dir as the sweep leaves it after saving iteration 20:
+    its config stamp, the checkpoint and MMEngine's last_checkpoint."""
+    import torch
+    started = run_config(run, '/data', checkpoint_every=10)
+    (work_dir / CONFIG_STAMP).write_text(started)
+    ckpt = work_dir / 'iter_20.pth'
+    torch.save(dict(meta=dict(iter=20), state_dict={}), ckpt)
+    (work_dir / 'last_checkpoint').write_text(str(ckpt))
+    return started, ckpt
+
+
 def test_a_checkpoint_resumes_the_same_training_at_any_save_interval(tmp_path):
     """The config stamp decides which checkpoint a rerun continues: other
     save and log intervals are the same training, other steps, batch or
     data are not (they start again)."""
-    import torch
     run = Run('cls', 'vit', 4, steps=100)
-    started = run_config(run, '/data', checkpoint_every=10)
-    (tmp_path / CONFIG_STAMP).write_text(started)
-    ckpt = tmp_path / 'iter_20.pth'
-    torch.save(dict(meta=dict(iter=20), state_dict={}), ckpt)
-    (tmp_path / 'last_checkpoint').write_text(str(ckpt))
+    started, ckpt = stamped_run_with_checkpoint(run, tmp_path)
 
     assert resumable_checkpoint(run, tmp_path, started) == str(ckpt)
     rarer = run_config(run, '/data', checkpoint_every=50)
@@ -327,13 +334,8 @@ def test_the_stamp_compares_parsed_configs_not_their_text(tmp_path):
     """The same settings written differently resume; a change that only
     the parsed config shows (a value of the inherited sweep config) does
     not."""
-    import torch
     run = Run('seg', 'vit', 4, steps=100)
-    started = run_config(run, '/data', checkpoint_every=10)
-    (tmp_path / CONFIG_STAMP).write_text(started)
-    ckpt = tmp_path / 'iter_20.pth'
-    torch.save(dict(meta=dict(iter=20), state_dict={}), ckpt)
-    (tmp_path / 'last_checkpoint').write_text(str(ckpt))
+    started, ckpt = stamped_run_with_checkpoint(run, tmp_path)
 
     lines = started.splitlines(keepends=True)
     lines[1], lines[2] = lines[2], lines[1]  # model and param_scheduler
