@@ -12,6 +12,7 @@
 // across tasks is cut into slices that do not depend on the thread count
 // (parallel_slices).
 #pragma once
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -62,6 +63,36 @@ inline void parallel_slices(int64_t n, int64_t slices, const F &f) {
   parallel_for(slices, 1, [&](int64_t first, int64_t last) {
     for (int64_t i = first; i < last; ++i) f(i * n / slices, (i + 1) * n / slices, i);
   });
+}
+
+// The slices' buffers (slices, ...) added in slice order, in one pass.
+template <typename T>
+inline void sum_slices_into(const T *buffers, int64_t slices, int64_t numel, T *total) {
+  constexpr int64_t kBlock = 2048;  // elements summed while they sit in L1
+  patchscale_threads::parallel_for(numel, kBlock, [&](int64_t begin, int64_t end) {
+    for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
+      const int64_t b1 = std::min(end, b0 + kBlock);
+      std::copy(buffers + b0, buffers + b1, total + b0);
+      for (int64_t k = 1; k < slices; ++k) {
+        const T *part = buffers + k * numel;
+        for (int64_t i = b0; i < b1; ++i) total[i] += part[i];
+      }
+    }
+  });
+}
+
+// Buffers are in the kernels' compute types, float or double.
+inline at::Tensor sum_slices(const at::Tensor &buffers) {
+  TORCH_CHECK(buffers.scalar_type() == at::kFloat || buffers.scalar_type() == at::kDouble,
+              "sum_slices: float or double buffers, got ", buffers.scalar_type());
+  if (buffers.size(0) == 1) return buffers[0];
+  at::Tensor total = at::empty_like(buffers[0]);
+  const int64_t slices = buffers.size(0), numel = total.numel();
+  if (buffers.scalar_type() == at::kDouble)
+    sum_slices_into(buffers.data_ptr<double>(), slices, numel, total.data_ptr<double>());
+  else
+    sum_slices_into(buffers.data_ptr<float>(), slices, numel, total.data_ptr<float>());
+  return total;
 }
 
 }  // namespace patchscale_threads

@@ -53,9 +53,7 @@ at::Tensor parallel_accumulate(int64_t n, int64_t grain, int64_t acc_numel, at::
   patchscale_threads::parallel_slices(n, slices, [&](int64_t begin, int64_t end, int64_t i) {
     fn(begin, end, static_cast<char *>(acc.data_ptr()) + i * acc_numel * acc.element_size());
   });
-  at::Tensor total = acc[0];
-  for (int64_t i = 1; i < slices; ++i) total = total + acc[i];
-  return total;
+  return patchscale_threads::sum_slices(acc);
 }
 
 constexpr int64_t kTokenBlock = 512;  // tokens per convolution task

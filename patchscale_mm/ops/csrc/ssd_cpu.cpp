@@ -96,33 +96,6 @@ void run(const SSDParams &P, bool is_double, bool backward, int64_t slices = 1,
   });
 }
 
-// The slices' buffers (slices, ...) added in slice order, in one pass.
-template <typename T>
-void sum_slices_into(const T *buffers, int64_t slices, int64_t numel, T *total) {
-  constexpr int64_t kBlock = 2048;  // elements summed while they sit in L1
-  patchscale_threads::parallel_for(numel, kBlock, [&](int64_t begin, int64_t end) {
-    for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
-      const int64_t b1 = std::min(end, b0 + kBlock);
-      std::copy(buffers + b0, buffers + b1, total + b0);
-      for (int64_t k = 1; k < slices; ++k) {
-        const T *part = buffers + k * numel;
-        for (int64_t i = b0; i < b1; ++i) total[i] += part[i];
-      }
-    }
-  });
-}
-
-at::Tensor sum_slices(const at::Tensor &buffers) {
-  if (buffers.size(0) == 1) return buffers[0];
-  at::Tensor total = at::empty_like(buffers[0]);
-  const int64_t slices = buffers.size(0), numel = total.numel();
-  if (buffers.scalar_type() == at::kDouble)
-    sum_slices_into(buffers.data_ptr<double>(), slices, numel, total.data_ptr<double>());
-  else
-    sum_slices_into(buffers.data_ptr<float>(), slices, numel, total.data_ptr<float>());
-  return total;
-}
-
 }  // namespace
 
 // Returns (out, final_states, chunk_states); chunk_states is
@@ -190,7 +163,8 @@ std::vector<at::Tensor> ssd_bwd_cpu(
   P.dinit = has_init ? dinit.data_ptr() : nullptr;
   run(P, x.scalar_type() == at::kDouble, true, slices, b * l * g * n);
 
-  at::Tensor dB = sum_slices(dB_s), dC = sum_slices(dC_s);
+  at::Tensor dB = patchscale_threads::sum_slices(dB_s);
+  at::Tensor dC = patchscale_threads::sum_slices(dC_s);
   at::Tensor ddt_bias = P.dt_bias ? ddt.sum(at::IntArrayRef{0, 1}) : at::empty({0}, opt);
   return {dx, ddt, dA_bh.sum(0), dB, dC, has_D ? dD_bh.sum(0) : dD_bh, dz, ddt_bias, dinit};
 }
