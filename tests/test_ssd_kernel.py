@@ -3,6 +3,7 @@ import importlib
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -674,3 +675,52 @@ def test_benchmark_backbones_smoke(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert '| 2 | 12544 + 1 | Adventurer-b | yes | 1.40 | 10 |' in out
     assert '| 4 | 0.70 | 0.7 |' in out and '| 2 | 0.70 | 0.34 |' in out
+
+
+def test_benchmark_backbones_profile_takes_a_step_apart(capsys, monkeypatch):
+    tool = _load_tool('benchmark_backbones')
+    monkeypatch.setattr(tool.gc, 'collect', lambda: 0)
+    steps = {}
+    for name in ('Adventurer', 'DeiT (PatchViT)'):
+        tool.main(['--probe', name, '8', '0', '--arch', 't', '--img-size', '32',
+                   '--threads', '1', '--profile'])
+        steps[name] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    adv, deit = steps['Adventurer'], steps['DeiT (PatchViT)']
+    # Adventurer's time goes to its kernels and none to attention; DeiT's the other way.
+    assert adv['seconds']['scan'] > 0 and adv['seconds']['fused'] > 0
+    assert adv['seconds']['attention'] == 0
+    assert deit['seconds']['attention'] > 0 and deit['seconds']['scan'] == 0
+    for r in (adv, deit):
+        assert sum(r['seconds'].values()) == pytest.approx(r['time'], rel=1e-6)
+    # DeiT-T/8 at 32 px: 16 patches + cls; every matmul of its 12 blocks,
+    # forward (2 m n k) and both gradients (twice that), is counted once.
+    tokens, dim = 17, 192
+    per_block = tokens * dim * (3 * dim + dim + 4 * dim + 4 * dim)  # qkv, proj, fc1, fc2
+    flops = sum(f for _, f in deit['matmuls'].values())
+    assert flops == 12 * 2 * 3 * per_block
+    monkeypatch.setattr(tool, 'run', lambda args, name, patch, with_cp: steps[name])
+    tool.main(['--patch-sizes', '8', '--profile', '--arch', 't'])
+    out = capsys.readouterr().out
+    assert '| 8 | Adventurer-t |' in out and 'p8: Adventurer / DeiT matmul seconds' in out
+
+
+@pytest.mark.skipif(shutil.which('llvm-mca') is None or shutil.which('g++') is None,
+                    reason='needs llvm-mca and g++')
+def test_kernel_pipeline_finds_every_hot_loop(capsys):
+    tool = _load_tool('kernel_pipeline')
+    tool.main(['--cpus', 'skylake-avx512'])
+    rows = [line.split(' | ') for line in capsys.readouterr().out.splitlines()
+            if line.startswith('| fwd_kernel') or line.startswith('| bwd_kernel')]
+    # Every loop the roles name, from ssd_cpu_avx512.cpp's tile sizes (4 x 4,
+    # adjoint over 4 vectors), once each, with their FP ops.
+    found = {(kernel.strip('| '), role): int(ops) for kernel, role, ops, *_ in rows}
+    assert found == {
+        ('fwd_kernel', 'forward tile (4 x 4): r += B w, y += C r'): 32,
+        ('bwd_kernel', 'states tile with y (gated)'): 32,
+        ('bwd_kernel', 'adjoint, one state row x 4 vectors'): 20,
+        ('bwd_kernel', 'sub-checkpoints tile: r += B w'): 16,
+        ('bwd_kernel', 'states tile: r += B w, r stored'): 16,
+    }
+    for row in rows:  # no model runs faster than two FP ops per cycle
+        cycles, ratio = re.match(r'([\d.]+) \(([\d.]+)\)', row[-1].strip(' |')).groups()
+        assert float(ratio) >= 0.99 and float(cycles) > 0

@@ -8,6 +8,11 @@ Adventurer-B / DeiT-B are 0.70 at p4 and 0.34 at p2) and the peak memory.
     python tools/analysis/benchmark_backbones.py                  # p4 and p2
     python tools/analysis/benchmark_backbones.py --adventurer-p1  # Adventurer-B/1 only, once
 
+``--profile`` runs each timed step under ``torch.profiler`` and adds a table
+of where its time goes: matmuls (with their GFLOP/s), attention, the scan
+kernel, the other fused kernels, copies and the rest, so that a step ratio
+measured on one processor can be taken apart there.
+
 ``--adventurer-p1`` runs one step of Adventurer at patch size 1 (50,176
 tokens + 2) with activation checkpointing and reports its time and the
 process's peak RSS.
@@ -54,6 +59,49 @@ def reset_peak_rss():
         return _status_kib('VmHWM:')
 
 
+# Self time of each profiled op goes to the first category whose test accepts
+# its name; what no op claims (Python, the autograd engine) is 'rest'.
+PROFILE_CATEGORIES = (
+    ('matmul', lambda op: op in ('aten::mm', 'aten::addmm', 'aten::bmm', 'aten::baddbmm')),
+    ('attention', lambda op: 'scaled_dot_product' in op or 'flash_attention' in op),
+    ('scan', lambda op: op.startswith('patchscale_mm::ssd_')),
+    ('fused', lambda op: op.startswith('patchscale_mm::')),
+    ('copies', lambda op: op in ('aten::copy_', 'aten::cat', 'aten::flip', 'aten::fill_',
+                                 'aten::zero_', 'aten::index', 'aten::index_put_')),
+)
+
+
+def op_category(op):
+    return next((name for name, test in PROFILE_CATEGORIES if test(op)), 'rest')
+
+
+def profiled(step):
+    """Runs ``step()`` under the profiler: (seconds, {category: seconds},
+    {matmul shapes: [seconds, FLOPs]})."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True,
+                 record_shapes=True) as prof:
+        t = time.perf_counter()
+        step()
+        t = time.perf_counter() - t
+    seconds = {name: 0.0 for name, _ in PROFILE_CATEGORIES}
+    matmuls = {}
+    for event in prof.key_averages(group_by_input_shape=True):
+        category = op_category(event.key)
+        if category == 'rest':
+            continue
+        seconds[category] += event.self_cpu_time_total / 1e6
+        if category == 'matmul':
+            # A matmul's rate depends on its shape (and the BLAS's kernels
+            # for it on this processor): keep them apart.
+            key = f'{event.key[6:]} {" ".join("x".join(map(str, s)) for s in event.input_shapes if s)}'
+            entry = matmuls.setdefault(key, [0.0, 0])
+            entry[0] += event.self_cpu_time_total / 1e6
+            entry[1] += event.flops
+    seconds['rest'] = max(0.0, t - sum(seconds.values()))
+    return t, seconds, matmuls
+
+
 def train_step(model, img, bf16):
     model.zero_grad(set_to_none=True)
     with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
@@ -72,15 +120,20 @@ def probe(args, name, patch, with_cp):
     model = cls(arch=args.arch, img_size=args.img_size, patch_size=patch,
                 with_cp=with_cp).train()
     base = reset_peak_rss()
-    t = time.perf_counter()
-    train_step(model, img, args.bf16)
-    t = time.perf_counter() - t
+    extra = {}
+    if args.profile:
+        t, extra['seconds'], extra['matmuls'] = profiled(
+            lambda: train_step(model, img, args.bf16))
+    else:
+        t = time.perf_counter()
+        train_step(model, img, args.bf16)
+        t = time.perf_counter() - t
     peak = _status_kib('VmHWM:')
     # The kernel's RSS counters lag by a few pages per thread, so a step that
     # allocates (almost) nothing can read as a slightly negative growth.
     growth = max(0, peak - base)
     print(json.dumps(dict(time=t, growth=growth / 1024, peak=peak / 1024,
-                          load=os.getloadavg()[0])))
+                          load=os.getloadavg()[0], **extra)))
 
 
 def run(args, name, patch, with_cp):
@@ -89,6 +142,7 @@ def run(args, name, patch, with_cp):
            '--arch', args.arch, '--img-size', str(args.img_size)]
     cmd += ['--bf16'] if args.bf16 else []
     cmd += ['--threads', str(args.threads)] if args.threads else []
+    cmd += ['--profile'] if args.profile else []
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f'{name} p{patch} failed:\n{res.stderr[-2000:]}')
@@ -105,6 +159,8 @@ def parse_args(argv=None):
                         help='activation checkpointing; auto: on at patch sizes <= 2')
     parser.add_argument('--bf16', action='store_true', help='bf16 autocast')
     parser.add_argument('--threads', type=int, default=None)
+    parser.add_argument('--profile', action='store_true',
+                        help='also print where each step\'s time goes (torch.profiler)')
     parser.add_argument('--adventurer-p1', action='store_true',
                         help='only Adventurer at patch size 1, with_cp, one step')
     parser.add_argument('--probe', nargs=3, default=None, help=argparse.SUPPRESS)
@@ -131,7 +187,7 @@ def main(argv=None):
         return
     print('\n| patch | tokens | model | with_cp | step s | peak RSS growth MiB |')
     print('|---|---|---|---|---|---|')
-    ratios, runs = {}, []
+    ratios, runs, profiles = {}, [], {}
     for patch in args.patch_sizes:
         with_cp = args.with_cp == 'on' or (args.with_cp == 'auto' and patch <= 2)
         best = {}
@@ -142,6 +198,7 @@ def main(argv=None):
                 if name not in best or r['time'] < best[name]['time']:
                     best[name] = r
         for name, r in best.items():
+            profiles[patch, name] = r
             print(f'| {patch} | {(args.img_size // patch)**2} + 1 | {name}-{args.arch} '
                   f'| {"yes" if with_cp else "no"} | {r["time"]:.2f} | {r["growth"]:.0f} |',
                   flush=True)
@@ -151,7 +208,36 @@ def main(argv=None):
     for patch, r in ratios.items():
         paper = PAPER_RATIO.get(patch)
         print(f'| {patch} | {r:.2f} | {paper if paper is not None else "n/a"} |')
+    if args.profile:
+        print_profile(profiles, args.arch)
     print_load(runs)
+
+
+def print_profile(profiles, arch):
+    """Seconds per category of each profiled step, and the matmuls' rate."""
+    names = [name for name, _ in PROFILE_CATEGORIES] + ['rest']
+    print('\n| patch | model | step s | ' + ' | '.join(f'{n} s' for n in names)
+          + ' | matmul GFLOP/s |')
+    print('|---|---|---|' + '---|' * len(names) + '---|')
+    for (patch, name), r in profiles.items():
+        secs = r['seconds']
+        flops = sum(f for _, f in r['matmuls'].values())
+        rate = flops / secs['matmul'] / 1e9 if secs['matmul'] else float('nan')
+        print(f'| {patch} | {name}-{arch} | {r["time"]:.2f} | '
+              + ' | '.join(f'{secs[n]:.2f} ({secs[n] / r["time"]:.0%})' for n in names)
+              + f' | {rate:.0f} |')
+    for patch in sorted({patch for patch, _ in profiles}, reverse=True):
+        adv, deit = profiles.get((patch, 'Adventurer')), profiles.get((patch, 'DeiT (PatchViT)'))
+        if adv and deit:
+            matmul = adv['seconds']['matmul'] / deit['seconds']['matmul']
+            print(f'p{patch}: Adventurer / DeiT matmul seconds {matmul:.2f}, '
+                  f'whole step {adv["time"] / deit["time"]:.2f}')
+    print('\nmatmul shapes (aten op, inputs), up to 6 per step by time:\n')
+    print('| patch | model | matmul | calls\' s | GFLOP/s |')
+    print('|---|---|---|---|---|')
+    for (patch, name), r in profiles.items():
+        for shape, (secs, flops) in sorted(r['matmuls'].items(), key=lambda kv: -kv[1][0])[:6]:
+            print(f'| {patch} | {name}-{arch} | {shape} | {secs:.2f} | {flops / secs / 1e9:.0f} |')
 
 
 def print_load(runs):

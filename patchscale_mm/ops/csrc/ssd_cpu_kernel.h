@@ -239,12 +239,15 @@ static inline void back_block(T *__restrict rho, const T *__restrict r, T S, T Q
       T *dr = rho + n * Pp;
       const T *sr = r + n * Pp;
       const V<T> bn = vsplat(Bt[n]), cn = vsplat(Ct[n]);
-      V<T> c{}, b{};  // in registers; vc[i] is written once
+      // c and b in registers (vc[i], vb[i] are written once), begun by a
+      // multiply: an FMA onto zero would make x86 compilers copy a
+      // multiplicand for the destructive form.
+      V<T> c, b;
       for (int k = 0; k < NB; ++k) {
         const V<T> d = vload(dr + k * W) + cn * dyq[k];
         const V<T> sv = vload(sr + k * W);
-        c += sv * dys[k];
-        b += d * uu[k];
+        c = k ? c + sv * dys[k] : sv * dys[k];
+        b = k ? b + d * uu[k] : d * uu[k];
         duu[k] += d * bn;
         qq[k] += d * sv;
         vstore(dr + k * W, d);
@@ -365,14 +368,20 @@ static inline void scan_tile(T *s, bool write_back, int64_t Pp, const Block<T> &
       for (int i = 0; i < R; ++i)
         for (int k = 0; k < NB; ++k) vstore(io.states + t * io.NP + i * Pp + k * W, r[i][k]);
     if (WITH_Y) {
+      // One vector of y at a time: its load folds into its first FMA as the
+      // addend, which costs a register copy of C's broadcast (x86 FMAs take
+      // memory only as a multiplicand) where it is not that broadcast's last
+      // use: NB - 1 copies per token (GCC 12 made 2 NB with the rows outermost).
+      // Zen 4 renames such copies away; Intel's cores can run them on the FMA
+      // ports (docs/benchmarks.md, the pipeline model).
       T *yt = io.y + t * Pp;
-      V<T> yy[NB];
-      for (int k = 0; k < NB; ++k) yy[k] = vload(yt + k * W);
-      for (int i = 0; i < R; ++i) {
-        const V<T> cn = vsplat(Ct[i]);
-        for (int k = 0; k < NB; ++k) yy[k] += cn * r[i][k];
+      V<T> cn[R];
+      for (int i = 0; i < R; ++i) cn[i] = vsplat(Ct[i]);
+      for (int k = 0; k < NB; ++k) {
+        V<T> yy = vload(yt + k * W);
+        for (int i = 0; i < R; ++i) yy += cn[i] * r[i][k];
+        vstore(yt + k * W, yy);
       }
-      for (int k = 0; k < NB; ++k) vstore(yt + k * W, yy[k]);
     }
   }
   if (write_back) {
