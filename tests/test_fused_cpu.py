@@ -296,6 +296,29 @@ def test_adventurer_fused_matches_torch_path(monkeypatch, with_cp):
     assert_all_close(a, b, rtol=2e-4, atol=2e-5)
 
 
+def test_adventurer_backward_makes_no_subnormals(monkeypatch):
+    """From the class token back over 1024 tokens the last layer's gradient
+    decays through fp32's subnormal range (below 1.2e-38). On PyTorch's ops
+    it reaches in_proj's output gradient as subnormals, which many Intel
+    cores handle with microcode assists in every op that reads them, the
+    matmuls included; the fused kernels flush them to zero."""
+    torch.manual_seed(0)
+    model = Adventurer(arch=dict(embed_dims=64, num_layers=2, mlp_dims=80), img_size=64,
+                       patch_size=2, mixer_cfg=dict(headdim=16, d_state=8)).train()
+    img = torch.randn(1, 3, 64, 64)
+    tiny = torch.finfo(torch.float32).tiny
+    subnormals = []
+    model.layers[-1].mixer.in_proj.register_full_backward_hook(
+        lambda module, grad_in, grad_out: subnormals.append(
+            int(((grad_out[0].abs() < tiny) & (grad_out[0] != 0)).sum())))
+    monkeypatch.delenv('PATCHSCALE_SCAN_BACKEND', raising=False)
+    model(img)[-1].pow(2).sum().backward()
+    monkeypatch.setenv('PATCHSCALE_SCAN_BACKEND', 'torch')
+    model(img)[-1].pow(2).sum().backward()
+    fused_path, torch_path = subnormals
+    assert torch_path > 0 and fused_path == 0
+
+
 @pytest.mark.parametrize('isa', ['avx2', 'generic'])
 def test_narrower_instruction_sets(isa):
     """The fp32 kernels' AVX2 and portable code paths, which this CPU would

@@ -273,6 +273,51 @@ def test_scaled_state_folds_where_the_decay_product_leaves_range(head, dtype):
         assert_close_per_row(g[k], g_r[k], loose * tol, f'grad {k}')
 
 
+def count_subnormal(t):
+    return int(((t.abs() < torch.finfo(t.dtype).tiny) & (t != 0)).sum())
+
+
+@needs_cpp
+@pytest.mark.parametrize('threads', [1, 2])
+def test_kernels_flush_subnormals_and_leave_the_callers_mode(threads):
+    """A gradient read from the last token only decays by e^-2 per token back
+    through the state, through fp32's subnormal range (below 1.2e-38, e^-87)
+    about 44 to 51 tokens before it. PyTorch's ops (the reference in fp32)
+    keep such values; the kernels flush them to zero and agree with the
+    fp64 reference elsewhere. Afterwards every thread computes subnormals
+    again."""
+    l = 64
+    inp = make_inputs(b=1, l=l, h=1, p=16, g=1, n=16, D=None, z=False, dt_bias=False,
+                      init=False, seed=3, dtype=torch.float32)
+    inp['A'] = torch.tensor([-1.0])
+    inp['dt'] = torch.full((1, l, 1), 2.0)
+    gy = torch.zeros(1, l, 1, 16)
+    gy[:, -1] = 1.0
+
+    def grads(fn, dtype, **kwargs):
+        leaves = {k: v.detach().to(dtype).requires_grad_(True) for k, v in inp.items()}
+        fn(**leaves, **kwargs).backward(gy.to(dtype))
+        return {k: v.grad for k, v in leaves.items()}
+
+    ref32 = grads(ssd_scan_ref, torch.float32)
+    assert count_subnormal(ref32['x']) > 0  # the case is real
+    ref64 = grads(ssd_scan_ref, torch.float64)
+    with use_kernel_threads(threads):
+        got = grads(ssd_scan, torch.float32, backend='cpp', chunk_size=32)
+    for k, g in got.items():
+        assert count_subnormal(g) == 0, k
+    # Each gradient is a sum over 16 lanes of products with inputs below 8 in
+    # magnitude, and each product may lose up to the smallest normal where it
+    # flushes: 128 of it bound the loss; anything flushed above that fails.
+    atol = 128 * torch.finfo(torch.float32).tiny
+    for k in ('x', 'B', 'C'):
+        torch.testing.assert_close(got[k], ref64[k].float(), rtol=1e-4, atol=atol,
+                                   msg=lambda m, k=k: f'grad {k}: {m}')
+    # The mode is restored on the calling thread and on torch's other threads.
+    product = torch.full((1 << 20,), 1e-30) * 1e-10
+    assert count_subnormal(product) == product.numel()
+
+
 @needs_cpp
 def test_gradcheck():
     inp = make_inputs(b=1, l=6, h=2, p=3, g=1, n=4, D='channel', seed=4)
