@@ -94,7 +94,8 @@ def profiled(step):
         if category == 'matmul':
             # A matmul's rate depends on its shape (and the BLAS's kernels
             # for it on this processor): keep them apart.
-            key = f'{event.key[6:]} {" ".join("x".join(map(str, s)) for s in event.input_shapes if s)}'
+            shapes = ' '.join('x'.join(map(str, s)) for s in event.input_shapes if s)
+            key = f'{event.key.removeprefix("aten::")} {shapes}'
             entry = matmuls.setdefault(key, [0.0, 0])
             entry[0] += event.self_cpu_time_total / 1e6
             entry[1] += event.flops
@@ -183,6 +184,8 @@ def main(argv=None):
         print('|---|---|---|---|---|---|')
         print(f'| Adventurer-{args.arch}/1 | {args.img_size**2} + 2 | yes | {r["time"]:.1f} '
               f'| {r["growth"]:.0f} | {r["peak"]:.0f} |')
+        if args.profile:
+            print_profile({(1, 'Adventurer'): r}, args.arch)
         print_load([('Adventurer p1', r)])
         return
     print('\n| patch | tokens | model | with_cp | step s | peak RSS growth MiB |')
