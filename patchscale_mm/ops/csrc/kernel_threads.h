@@ -65,17 +65,22 @@ SplitTiming split_timing();
 // the scan kernels; called only here, under the policy's lock).
 void probe_workload(int64_t heads, int64_t threads);
 
-// at::parallel_for over [0, n) on at most kernel_threads() threads (on one,
-// inline on the calling thread, whose at::get_thread_num() is 0), each part
-// under FlushSubnormals.
+// at::parallel_for over [0, n) with each part under FlushSubnormals: how
+// every kernel's work runs (the probe's too, so that it times the same).
+template <typename F>
+inline void parallel_parts(int64_t n, int64_t grain, const F &f) {
+  at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
+    FlushSubnormals flush;
+    f(begin, end);
+  });
+}
+
+// parallel_parts on at most kernel_threads() threads (on one, inline on the
+// calling thread, whose at::get_thread_num() is 0).
 template <typename F>
 inline void parallel_for(int64_t n, int64_t grain, const F &f) {
   const int64_t t = kernel_threads();
-  at::parallel_for(0, n, std::max<int64_t>(grain, (n + t - 1) / t),
-                   [&](int64_t begin, int64_t end) {
-                     FlushSubnormals flush;
-                     f(begin, end);
-                   });
+  parallel_parts(n, std::max<int64_t>(grain, (n + t - 1) / t), f);
 }
 
 // For work whose parts are summed: [0, n) in `slices` fixed slices, slice i

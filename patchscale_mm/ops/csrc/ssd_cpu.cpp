@@ -203,11 +203,8 @@ void patchscale_threads::probe_workload(int64_t heads, int64_t threads) {
   S.out = out.data();
   S.final_state = fin.data();
   const patchscale_ssd::KernelFn fn = patchscale_ssd::kernels().fwd_f32;
-  at::parallel_for(0, heads, (heads + threads - 1) / threads,
-                   [&](int64_t begin, int64_t end) {
-                     patchscale_threads::FlushSubnormals flush;  // as the kernels run
-                     fn(S, begin, end);
-                   });
+  patchscale_threads::parallel_parts(heads, (heads + threads - 1) / threads,
+                                     [&](int64_t begin, int64_t end) { fn(S, begin, end); });
 }
 
 namespace patchscale_ssd {
