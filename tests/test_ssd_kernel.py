@@ -635,6 +635,9 @@ def test_check_cuda_scan_without_gpu(monkeypatch):
     assert tool.parse_args([]).sections == ['reference', 'mamba', 'lengths', 'speed']
     assert tool.parse_args(['--sections', 'profile']).sections == ['profile']
     assert tool.parse_args(['--sections', 'mamba', 'speed']).sections == ['mamba', 'speed']
+    assert tool.parse_args([]).impls == ['cuda', 'triton', 'triton_tf32']
+    with pytest.raises(SystemExit):
+        tool.parse_args(['--impls', 'chunked'])
     with pytest.raises(SystemExit):
         tool.parse_args(['--sections', 'everything'])
     monkeypatch.setenv('TRITON_F32_DEFAULT', 'ieee')
@@ -766,3 +769,26 @@ def test_kernel_pipeline_finds_every_hot_loop(capsys):
     for row in rows:  # no model runs faster than two FP ops per cycle
         cycles, ratio = re.match(r'([\d.]+) \(([\d.]+)\)', row[-1].strip(' |')).groups()
         assert float(ratio) >= 0.99 and float(cycles) > 0
+
+
+@needs_cpp
+def test_check_cuda_scan_overflow_section_compares_every_sample(monkeypatch):
+    """The overflow check's bookkeeping (views of one projection, a reference
+    per sample, dA/dD/ddt_bias summed over samples), run on CPU with the C++
+    kernel at a small shape; a wrong dA must fail it."""
+    tool = _load_tool('check_cuda_scan')
+    cfg = dict(d_inner=12, heads=3, headdim=4, d_state=5)
+    report = tool.Report()
+    tool.check_overflow(report, 8, ['cpp'], batch=3, seqlen=20, cfg=cfg, device='cpu')
+    assert not report.failed and report.lines[-1].startswith('| cpp | ok |')
+    assert '3 heads x 4, d_state 5, L 20, batch 3' in report.lines[0]
+    scan_fn = tool.scan_fn
+
+    def wrong_dA(impl, chunk):
+        fn = scan_fn(impl, chunk)
+        return lambda A, **kw: fn(A=A * 1.001, **kw) if impl == 'cpp' else fn(A=A, **kw)
+
+    monkeypatch.setattr(tool, 'scan_fn', wrong_dA)
+    report = tool.Report()
+    tool.check_overflow(report, 8, ['cpp'], batch=3, seqlen=20, cfg=cfg, device='cpu')
+    assert report.failed and '| cpp | FAIL |' in report.lines[-1]

@@ -188,8 +188,8 @@ def test_dispatch_errors():
         ssd_scan(**inp, backend='mamba_ssm')
     assert '\n' not in str(e.value)
     with pytest.raises(ValueError, match="'torch'") as e:
-        ssd_scan(**inp, backend='triton')
-    assert 'triton' in str(e.value)
+        ssd_scan(**inp, backend='tensorrt')
+    assert 'tensorrt' in str(e.value) and "'triton'" in str(e.value)
 
 
 def test_mamba_ssm_kwargs_are_passed_through(monkeypatch):

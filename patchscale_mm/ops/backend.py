@@ -19,7 +19,7 @@ from torch import Tensor
 __all__ = ['BACKENDS', 'BACKEND_ENV', 'load_kernels', 'load_mamba_ssm',
            'int32_offset_overflow', 'resolve_scan_backend']
 
-BACKENDS = ('auto', 'torch', 'cpp', 'cuda', 'mamba_ssm')
+BACKENDS = ('auto', 'torch', 'cpp', 'cuda', 'triton', 'mamba_ssm')
 BACKEND_ENV = 'PATCHSCALE_SCAN_BACKEND'
 
 
@@ -121,7 +121,7 @@ def _warn_int32(reason: str):
 def resolve_scan_backend(backend: Optional[str], x: Tensor,
                          inputs: Tuple[Optional[Tensor], ...] = ()) -> str:
     """The scan implementation that runs for ``x``: ``'torch'``, ``'cpp'``,
-    ``'cuda'`` or ``'mamba_ssm'``.
+    ``'cuda'``, ``'triton'`` or ``'mamba_ssm'``.
 
     ``None`` reads ``$PATCHSCALE_SCAN_BACKEND`` (``'auto'`` when unset).
     ``'auto'`` picks, in this order:
@@ -136,6 +136,10 @@ def resolve_scan_backend(backend: Optional[str], x: Tensor,
     3. this repository's kernel for the device when built: ``'cpp'`` on CPU,
        ``'cuda'`` on CUDA;
     4. else ``'torch'``, with a warning once per device type.
+
+    ``'triton'`` (this repository's block-product kernels in Triton, CUDA
+    tensors, fp32) runs only when named, until its speed is measured against
+    the others.
 
     A named backend is returned as is after checking that it can run.
 
@@ -169,6 +173,15 @@ def resolve_scan_backend(backend: Optional[str], x: Tensor,
         ok, reason = load_kernels(device_type)
         if not ok:
             raise RuntimeError(f'ssd_scan: backend {name!r} requested but {reason}')
+    if name == 'triton':
+        from .ssd_triton import triton_available
+        ok, reason = triton_available()
+        if not ok:
+            raise RuntimeError(f"ssd_scan: backend 'triton' requested but Triton is not "
+                               f"available ({reason})")
+        if not x.is_cuda:
+            raise RuntimeError("ssd_scan: backend 'triton' needs CUDA tensors, "
+                               f"got device {x.device}; use backend='auto'")
     if name == 'mamba_ssm':
         fn, reason = load_mamba_ssm()
         if fn is None:

@@ -9,13 +9,15 @@ Semantics follow ``mamba_ssm.ops.triton.ssd_combined.mamba_chunk_scan_combined``
 
 where head ``h`` reads group ``h // (heads // groups)`` of ``B`` and ``C``.
 
-:func:`ssd_scan` validates shapes and runs one of four implementations with
+:func:`ssd_scan` validates shapes and runs one of five implementations with
 the signature of :func:`ssd_scan_chunked`:
 
 * ``'torch'``: :func:`ssd_scan_chunked` (:mod:`.ssd_torch`, beside the
   token-loop oracle :func:`ssd_scan_ref`);
 * ``'cpp'`` / ``'cuda'``: this repository's compiled kernel for CPU / CUDA
   tensors (:mod:`.ssd_kernel`);
+* ``'triton'``: this repository's block-product form in Triton for CUDA
+  tensors (:mod:`.ssd_triton`; 64-bit offsets, fp32 products);
 * ``'mamba_ssm'``: mamba_ssm's Triton kernel (CUDA).
 
 ``backend=None`` reads ``$PATCHSCALE_SCAN_BACKEND``, else ``'auto'``.
@@ -91,7 +93,8 @@ def ssd_scan(x: Tensor,
             ``'auto'`` (the fastest kernel for the device of ``x``: mamba_ssm's
             on CUDA when installed, else this repository's; see the module
             docstring), ``'cpp'`` (the fused C++ CPU kernel),
-            ``'cuda'`` (the fused CUDA kernel), ``'torch'``
+            ``'cuda'`` (the fused CUDA kernel), ``'triton'`` (the block
+            products in Triton, fp32 CUDA tensors), ``'torch'``
             (:func:`ssd_scan_chunked`) or ``'mamba_ssm'`` (its Triton kernel).
             A named backend that cannot run raises.
 
@@ -107,6 +110,9 @@ def ssd_scan(x: Tensor,
     name = resolve_scan_backend(backend, x, (x, dt, B, C, z, initial_states))
     if name == 'mamba_ssm':
         return load_mamba_ssm()[0](x, dt, A, B, C, **kwargs)
+    if name == 'triton':
+        from .ssd_triton import ssd_scan_triton
+        return ssd_scan_triton(x, dt, A, B, C, **kwargs)
     if name in ('cpp', 'cuda'):
         return ssd_scan_kernel(x, dt, A, B, C, **kwargs)
     return ssd_scan_chunked(x, dt, A, B, C, **kwargs)

@@ -1,16 +1,23 @@
-"""Checks the CUDA selective-scan kernel on a GPU machine.
+"""Checks this repository's GPU scans on a GPU machine.
 
-One prepared run: the CUDA kernel (``ssd_scan(backend='cuda')``) against the
-sequential reference (outputs, final state and every gradient, fp64 and fp32,
-shapes with every optional input), against the chunked PyTorch scan at
-Adventurer-T's mixer shape (8 heads x 64, d_state 64, batch 1) for L = 3136
-and 50176, at L = 50178 with batch 2 (int64 offsets), and its accuracy and
-speed beside mamba-ssm's ``mamba_chunk_scan_combined`` and the chunked
-PyTorch scan. ``--sections`` runs a part alone: mamba-ssm's Triton kernels
-multiply fp32 in TF32 by default, so its accuracy is checked by running
-``--sections mamba`` again under ``TRITON_F32_DEFAULT=ieee``. ``--sections
-profile`` (not in the default run) lists the GPU time of each kernel launched
-by the CUDA kernel's forward+backward.
+One prepared run, for each of ``--impls`` (the CUDA kernel ``'cuda'``, the
+Triton block products ``'triton'`` in fp32 and ``'triton_tf32'`` with TF32
+products): against the sequential reference (outputs, final state and every
+gradient, fp64 for the CUDA kernel and fp32, shapes with every optional
+input), against the chunked PyTorch scan in fp64 at Adventurer-T's mixer
+shape (8 heads x 64, d_state 64, batch 1) for L = 3136 and 50176 and at
+L = 50178 with batch 2, and their speed beside mamba-ssm's
+``mamba_chunk_scan_combined`` and the chunked PyTorch scan at Adventurer-T's
+and Adventurer-B's mixer shapes (8 and 24 heads), batch 1 and 8.
+``--sections`` runs a part alone: mamba-ssm's Triton kernels multiply fp32 in
+TF32 by default, so its accuracy is checked by running ``--sections mamba``
+again under ``TRITON_F32_DEFAULT=ieee``. Not in the default run: ``profile``
+lists the GPU time of each kernel launched by a forward+backward, and
+``overflow`` checks every gradient at L = 50178, batch 16, Adventurer-B's
+mixer with its inputs as views of one fused projection, as the model passes
+them (past 2**31 elements in batch x stride); run it once per implementation
+(``--impls mamba_ssm`` last and alone: its 32-bit offsets may end the process
+with an illegal memory access).
 
     pip install --no-build-isolation -e .   # builds the CUDA kernel where a GPU is visible
     python tools/analysis/check_cuda_scan.py --out cuda_scan.md
@@ -39,6 +46,10 @@ import torch
 
 from patchscale_mm.ops import ssd_scan, ssd_scan_chunked, ssd_scan_ref
 from patchscale_mm.ops.backend import load_kernels
+from patchscale_mm.ops.ssd_triton import ssd_scan_triton, triton_available
+
+OURS = ('cuda', 'triton', 'triton_tf32')
+TF32 = ('triton_tf32', 'mamba_ssm')  # products in TF32: errors shown, not checked
 
 # (b, l, h, p, g, n, chunk, D, z, dt_bias, initial_states, softplus)
 CASES = [
@@ -98,9 +109,17 @@ def compare(got, ref, rtol, atol):
 
 
 def cuda_time(fn, warmup=2, repeats=10):
-    """Median milliseconds of fn() by CUDA events."""
+    """Median milliseconds of fn() by CUDA events; 3 repeats where one call
+    takes over 0.2 s."""
     for _ in range(warmup):
         fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize()
+    if start.elapsed_time(end) > 200:
+        repeats = 3
     times = []
     for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -112,10 +131,12 @@ def cuda_time(fn, warmup=2, repeats=10):
     return statistics.median(times)
 
 
-def scan_fn(backend, chunk):
-    if backend == 'chunked':
+def scan_fn(impl, chunk):
+    if impl == 'chunked':
         return lambda **kw: ssd_scan_chunked(**kw, chunk_size=chunk)
-    return lambda **kw: ssd_scan(**kw, chunk_size=chunk, backend=backend)
+    if impl == 'triton_tf32':
+        return lambda **kw: ssd_scan_triton(**kw, chunk_size=chunk, precision='tf32')
+    return lambda **kw: ssd_scan(**kw, chunk_size=chunk, backend=impl)
 
 
 class Report:
@@ -127,14 +148,20 @@ class Report:
         print(line, flush=True)
         self.lines.append(line)
 
-    def check(self, label, worst, name):
+    def check(self, label, worst, name, impl=None):
+        """A table row; implementations with TF32 products are shown, not
+        checked (their ~1e-3 relative error per product is past fp32's
+        tolerance by design)."""
+        if impl in TF32:
+            self(f'| {label} | not checked (TF32) | {worst:.3g} | {name} |')
+            return
         ok = worst <= 1.0
         self.failed |= not ok
         self(f'| {label} | {"ok" if ok else "FAIL"} | {worst:.3g} | {name} |')
 
 
-def check_small_cases(report):
-    report('\n### CUDA kernel against the sequential reference\n')
+def check_small_cases(report, impls):
+    report('\n### Against the sequential reference\n')
     report('| case | result | worst err / tol | worst tensor |')
     report('|---|---|---|---|')
     for case in CASES:
@@ -142,14 +169,16 @@ def check_small_cases(report):
         inp = make_inputs(b, l, h, p, g, n, D, z, dt_bias, init, seed=l)
         ref = outputs_and_grads(ssd_scan_ref, inp, dt_softplus=softplus)
         label = f'b{b} l{l} h{h} p{p} g{g} n{n} chunk{chunk}'
-        got = outputs_and_grads(scan_fn('cuda', chunk), inp, dt_softplus=softplus)
-        report.check(f'{label}, fp64', *compare(got, ref, 1e-9, 1e-9))
         inp32 = {k: v.float() for k, v in inp.items()}
-        got = outputs_and_grads(scan_fn('cuda', chunk), inp32, dt_softplus=softplus)
-        report.check(f'{label}, fp32', *compare(got, ref, 6e-4, 2e-3))
+        for impl in impls:
+            if impl == 'cuda':  # the Triton scan computes in fp32 only
+                got = outputs_and_grads(scan_fn(impl, chunk), inp, dt_softplus=softplus)
+                report.check(f'{label}, {impl}, fp64', *compare(got, ref, 1e-9, 1e-9))
+            got = outputs_and_grads(scan_fn(impl, chunk), inp32, dt_softplus=softplus)
+            report.check(f'{label}, {impl}, fp32', *compare(got, ref, 6e-4, 2e-3), impl)
 
 
-def adventurer_t_inputs(b, l, h=8, p=64, n=64, seed=0):
+def adventurer_inputs(b, l, h=8, p=64, n=64, seed=0):
     gen = torch.Generator().manual_seed(seed)
     return dict(x=torch.randn(b, l, h, p, generator=gen).cuda(),
                 dt=(torch.randn(b, l, h, generator=gen) - 2).cuda(),
@@ -176,53 +205,63 @@ def fwd_bwd_step(fn, inp, gy):
     return step
 
 
-def check_lengths(report, lengths, chunk):
-    report('\n### Adventurer-T mixer shape (8 heads x 64, d_state 64, batch 1, fp32): '
-           'CUDA kernel against the chunked scan in fp64\n')
+def check_lengths(report, lengths, chunk, impls):
+    report('\n### Adventurer-T mixer shape (8 heads x 64, d_state 64, batch 1, fp32) '
+           'against the chunked scan in fp64\n')
     report('| case | result | worst err / tol | worst tensor |')
     report('|---|---|---|---|')
-    for l in lengths:
-        inp = adventurer_t_inputs(1, l)
+    # The last case: offsets past 2^31 for per-token states (b l h p n).
+    for b, l, h, p, n in [(1, l, 8, 64, 64) for l in lengths] + [(2, 50178, 2, 64, 192)]:
+        inp = adventurer_inputs(b, l, h, p, n, seed=int(b > 1))
         ref = fp64_reference(inp, chunk)
-        got = outputs_and_grads(scan_fn('cuda', chunk), inp, dt_softplus=True)
-        report.check(f'L {l}', *compare(got, ref, 6e-4, 2e-3))
-        del ref, got
-    # Offsets past 2^31 for per-token states (b * l * h * p * n), batch 2.
-    b, l, h, p, n = 2, 50178, 2, 64, 192
-    inp = adventurer_t_inputs(b, l, h, p, n, seed=1)
-    ref = fp64_reference(inp, chunk)
-    got = outputs_and_grads(scan_fn('cuda', chunk), inp, dt_softplus=True)
-    report.check(f'L {l}, batch {b}, h {h}, p {p}, n {n}', *compare(got, ref, 6e-4, 2e-3))
-    del ref, got
-
-
-def time_implementations(report, lengths, chunk, with_mamba):
-    report('\n### Speed (median of 10, CUDA events; fwd+bwd includes the forward)\n')
-    report('| L | implementation | fwd ms | fwd+bwd ms | peak MiB (fwd+bwd) | '
-           'time / CUDA kernel (fwd+bwd) |')
-    report('|---|---|---|---|---|---|')
-    impls = ['cuda'] + (['mamba_ssm'] if with_mamba else []) + ['chunked']
-    for l in lengths:
-        inp = adventurer_t_inputs(1, l)
-        gy = torch.randn_like(inp['x'])
-        rows = []
+        label = f'L {l}' if b == 1 else f'L {l}, batch {b}, h {h}, p {p}, n {n}'
         for impl in impls:
-            fn = scan_fn(impl, chunk)
+            got = outputs_and_grads(scan_fn(impl, chunk), inp, dt_softplus=True)
+            report.check(f'{label}, {impl}', *compare(got, ref, 6e-4, 2e-3), impl)
+            del got
+        del ref
 
-            def fwd():
-                with torch.no_grad():
-                    fn(**inp, dt_softplus=True)
 
-            t_f = cuda_time(fwd)
-            fwd_bwd = fwd_bwd_step(fn, inp, gy)
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            t_fb = cuda_time(fwd_bwd)
-            peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-            rows.append((impl, t_f, t_fb, peak))
-        t_ours = rows[0][2]
-        for impl, t_f, t_fb, peak in rows:
-            report(f'| {l} | {impl} | {t_f:.3f} | {t_fb:.3f} | {peak:.0f} | {t_fb / t_ours:.2f} |')
+# Mixer shapes of the speed table: (name, heads); headdim 64, d_state 64.
+MIXERS = {'Adventurer-T': 8, 'Adventurer-B': 24}
+
+
+def time_implementations(report, lengths, chunk, impls, batches):
+    report('\n### Speed (median of 10, or of 3 past 0.2 s a call; CUDA events; fwd+bwd '
+           'includes the forward; headdim 64, d_state 64, one group)\n')
+    base = 'mamba_ssm' if 'mamba_ssm' in impls else impls[0]
+    report('| mixer | batch | L | implementation | fwd ms | fwd+bwd ms | peak MiB (fwd+bwd) | '
+           f'fwd+bwd time / {base} |')
+    report('|---|---|---|---|---|---|---|---|')
+    for mixer, h in MIXERS.items():
+        for b in batches:
+            for l in lengths:
+                inp = adventurer_inputs(b, l, h)
+                gy = torch.randn_like(inp['x'])
+                rows = {}
+                # The chunked PyTorch scan keeps (chunk x chunk) matrices per
+                # chunk and head: only at the smallest shape.
+                small = b * h <= 8
+                for impl in [i for i in impls if i != 'chunked' or small]:
+                    fn = scan_fn(impl, chunk)
+
+                    def fwd():
+                        with torch.no_grad():
+                            fn(**inp, dt_softplus=True)
+
+                    t_f = cuda_time(fwd)
+                    fwd_bwd = fwd_bwd_step(fn, inp, gy)
+                    torch.cuda.reset_peak_memory_stats()
+                    allocated = torch.cuda.memory_allocated()
+                    t_fb = cuda_time(fwd_bwd)
+                    peak = (torch.cuda.max_memory_allocated() - allocated) / 2**20
+                    rows[impl] = (t_f, t_fb, peak)
+                    del fwd_bwd
+                t_base = rows[base][1]
+                for impl, (t_f, t_fb, peak) in rows.items():
+                    report(f'| {mixer} | {b} | {l} | {impl} | {t_f:.3f} | {t_fb:.3f} | '
+                           f'{peak:.0f} | {t_fb / t_base:.2f} |')
+                del inp, gy
 
 
 def load_mamba_ssm_source(src: Path) -> str:
@@ -252,25 +291,21 @@ def triton_fp32_precision() -> str:
     return os.environ.get('TRITON_F32_DEFAULT') or 'tf32'
 
 
-def check_against_mamba_ssm(report, lengths, chunk):
+def check_against_mamba_ssm(report, lengths, chunk, impls):
     precision = triton_fp32_precision()
-    report('\n### CUDA kernel and mamba-ssm\'s `mamba_chunk_scan_combined` against the '
-           f'chunked scan in fp64 (Adventurer-T mixer shape, fp32 inputs; Triton fp32 '
-           f'dot: {precision})\n')
+    report("\n### Ours and mamba-ssm's `mamba_chunk_scan_combined` against the "
+           f'chunked scan in fp64 (Adventurer-T mixer shape, fp32 inputs; mamba-ssm\'s '
+           f'Triton fp32 dot: {precision})\n')
     report('| case | implementation | result | worst err / tol | worst tensor |')
     report('|---|---|---|---|---|')
     for l in lengths:
-        inp = adventurer_t_inputs(1, l, seed=2)
+        inp = adventurer_inputs(1, l, seed=2)
         ref = fp64_reference(inp, chunk)
-        for impl in ('cuda', 'mamba_ssm'):
+        for impl in (*impls, 'mamba_ssm'):
             got = outputs_and_grads(scan_fn(impl, chunk), inp, dt_softplus=True)
             worst, name = compare(got, ref, 6e-4, 2e-3)
-            if impl == 'mamba_ssm' and precision != 'ieee':
-                # TF32 products carry ~1e-3 relative error, beyond fp32 tolerances;
-                # the same section under TRITON_F32_DEFAULT=ieee checks the semantics.
-                report(f'| L {l} | {impl} | not checked ({precision}) | {worst:.3g} | {name} |')
-            else:
-                report.check(f'L {l} | {impl}', worst, name)
+            shown_only = impl == 'triton_tf32' or (impl == 'mamba_ssm' and precision != 'ieee')
+            report.check(f'L {l} | {impl}', worst, name, 'mamba_ssm' if shown_only else None)
             del got
         del ref
 
@@ -282,47 +317,122 @@ def kernel_name(event_name: str) -> str:
     return head.rsplit('::', 1)[-1].strip() or event_name[:40]
 
 
-def profile_kernels(report, lengths, chunk, repeats=3):
-    """Where the CUDA kernel's forward+backward spends its GPU time, per
-    launched kernel (torch.profiler), to direct work on the backward."""
+def profile_kernels(report, lengths, chunk, impls, repeats=3):
+    """Where a forward+backward spends its GPU time, per launched kernel
+    (torch.profiler), to direct work on the slowest."""
     from torch.profiler import ProfilerActivity, profile
-    report('\n### CUDA kernel, forward+backward: GPU time per launched kernel '
-           f'(torch.profiler, mean of {repeats})\n')
-    report('| L | kernel | calls per step | ms per step | share |')
-    report('|---|---|---|---|---|')
-    for l in lengths:
-        inp = adventurer_t_inputs(1, l)
-        fwd_bwd = fwd_bwd_step(scan_fn('cuda', chunk), inp, torch.randn_like(inp['x']))
-        fwd_bwd()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(repeats):
-                fwd_bwd()
+    report('\n### Forward+backward at the Adventurer-T mixer shape, batch 1: GPU time per '
+           f'launched kernel (torch.profiler, mean of {repeats})\n')
+    report('| implementation | L | kernel | calls per step | ms per step | share |')
+    report('|---|---|---|---|---|---|')
+    for impl in impls:
+        for l in lengths:
+            inp = adventurer_inputs(1, l)
+            fwd_bwd = fwd_bwd_step(scan_fn(impl, chunk), inp, torch.randn_like(inp['x']))
+            fwd_bwd()
             torch.cuda.synchronize()
-        per_kernel = {}
-        for event in prof.key_averages():
-            us = getattr(event, 'device_time_total', None)
-            if us is None:
-                us = event.cuda_time_total
-            if us <= 0:
-                continue
-            name = kernel_name(event.key)
-            calls, total = per_kernel.get(name, (0, 0.0))
-            per_kernel[name] = (calls + event.count, total + us)
-        step_us = sum(total for _, total in per_kernel.values())
-        for name, (calls, total) in sorted(per_kernel.items(), key=lambda kv: -kv[1][1])[:10]:
-            report(f'| {l} | {name} | {calls / repeats:g} | {total / repeats / 1e3:.3f} | '
-                   f'{total / step_us:.0%} |')
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(repeats):
+                    fwd_bwd()
+                torch.cuda.synchronize()
+            per_kernel = {}
+            for event in prof.key_averages():
+                us = getattr(event, 'device_time_total', None)
+                if us is None:
+                    us = event.cuda_time_total
+                if us <= 0:
+                    continue
+                name = kernel_name(event.key)
+                calls, total = per_kernel.get(name, (0, 0.0))
+                per_kernel[name] = (calls + event.count, total + us)
+            step_us = sum(total for _, total in per_kernel.values())
+            for name, (calls, total) in sorted(per_kernel.items(),
+                                               key=lambda kv: -kv[1][1])[:10]:
+                report(f'| {impl} | {l} | {name} | {calls / repeats:g} | '
+                       f'{total / repeats / 1e3:.3f} | {total / step_us:.0%} |')
 
 
-SECTIONS = ('reference', 'mamba', 'lengths', 'speed', 'profile')
-DEFAULT_SECTIONS = SECTIONS[:4]  # profiling is on request
+# Adventurer-B's fused projection per token: z, x, B, C (d_state 64, one
+# group), dt; the scan reads its inputs as views of it.
+ADV_B = dict(d_inner=1536, heads=24, headdim=64, d_state=64)
+
+
+def projection_views(proj, cfg=ADV_B):
+    """x, z, B, C, dt of ``proj`` (b, l, 2 d_inner + 2 d_state + heads) as views."""
+    b, l, _ = proj.shape
+    E, h, p, n = cfg['d_inner'], cfg['heads'], cfg['headdim'], cfg['d_state']
+    z, x, B, C, dt = proj.split([E, E, n, n, h], dim=-1)
+    return dict(x=x.view(b, l, h, p), z=z.view(b, l, h, p), B=B.view(b, l, 1, n),
+                C=C.view(b, l, 1, n), dt=dt)
+
+
+def check_overflow(report, chunk, impls, batch=16, seqlen=50178, cfg=ADV_B, device='cuda'):
+    """Every gradient at Adventurer-B's mixer, L 50178, batch 16, inputs as
+    views of one projection (dt spans batch x stride = 2.6e9 elements),
+    against the chunked scan in fp64, one sample at a time."""
+    width = 2 * cfg['d_inner'] + 2 * cfg['d_state'] + cfg['heads']
+    gen = torch.Generator().manual_seed(3)
+    proj = torch.randn(batch, seqlen, width, generator=gen).to(device)
+    proj[..., -cfg['heads']:] -= 2  # dt before softplus, as in the other checks
+    params = dict(A=-torch.empty(cfg['heads']).uniform_(1, 16, generator=gen).to(device),
+                  D=torch.ones(cfg['heads']).to(device),
+                  dt_bias=(torch.randn(cfg['heads'], generator=gen) * 0.1).to(device))
+    gy = torch.randn(batch, seqlen, cfg['heads'], cfg['headdim'], generator=gen).to(device)
+    span = proj.shape[0] * proj.stride(0)
+    report(f'\n### {cfg["heads"]} heads x {cfg["headdim"]}, d_state {cfg["d_state"]}, '
+           f'L {seqlen}, batch {batch}, inputs as views of one projection ({span:,} '
+           'elements in batch x stride), against the chunked scan in fp64 per sample\n')
+    report('| implementation | result | worst err / tol | worst tensor |')
+    report('|---|---|---|---|')
+
+    def grads(fn, proj, gy, dtype):
+        leaf = proj.detach().to(dtype).requires_grad_(True)
+        small = {k: v.detach().to(dtype).requires_grad_(True) for k, v in params.items()}
+        y = fn(**projection_views(leaf, cfg), **small, dt_softplus=True)
+        y.backward(gy.to(dtype))
+        return dict(y=y.detach(), dproj=leaf.grad, **{f'd{k}': v.grad for k, v in small.items()})
+
+    for impl in impls:
+        try:
+            got = grads(scan_fn(impl, chunk), proj, gy, torch.float32)
+            if device == 'cuda':
+                torch.cuda.synchronize()
+        except Exception as e:  # e.g. an illegal memory access past 32-bit offsets
+            report(f'| {impl} | FAIL | - | {type(e).__name__}: {str(e).splitlines()[0][:80]} |')
+            report.failed |= impl != 'mamba_ssm'
+            continue
+        worst, name = 0.0, ''
+        summed = {k: torch.zeros_like(got[k], dtype=torch.float64)
+                  for k in ('dA', 'dD', 'ddt_bias')}
+        for i in range(batch):  # samples are independent; dA, dD, ddt_bias add up
+            ref = grads(scan_fn('chunked', chunk), proj[i:i + 1], gy[i:i + 1], torch.float64)
+            for k in summed:
+                summed[k] += ref.pop(k)
+            part = compare({k: got[k][i:i + 1] for k in ref}, ref, 6e-4, 2e-3)
+            if not part[0] <= worst:
+                worst, name = part
+            del ref
+        part = compare(got, summed, 6e-4, 2e-3)
+        if not part[0] <= worst:
+            worst, name = part
+        report.check(impl, worst, name, impl)
+        del got
+
+
+SECTIONS = ('reference', 'mamba', 'lengths', 'speed', 'profile', 'overflow')
+DEFAULT_SECTIONS = SECTIONS[:4]  # profiling and the overflow check are on request
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--lengths', type=int, nargs='+', default=[3136, 50176])
     parser.add_argument('--chunk', type=int, default=256)
+    parser.add_argument('--impls', nargs='+', choices=OURS + ('mamba_ssm',),
+                        default=list(OURS),
+                        help="this repository's implementations to check (default: all); "
+                        "mamba_ssm only with --sections overflow")
+    parser.add_argument('--batches', type=int, nargs='+', default=[1, 8],
+                        help='batch sizes of the speed table')
     parser.add_argument('--no-mamba', action='store_true',
                         help='skip the comparison with mamba-ssm even if installed')
     parser.add_argument('--mamba-ssm-src', type=Path, default=None, metavar='DIR',
@@ -330,7 +440,8 @@ def parse_args(argv=None):
                         'source tree (nothing is built)')
     parser.add_argument('--sections', nargs='+', choices=SECTIONS,
                         default=list(DEFAULT_SECTIONS),
-                        help='which parts to run (default: all but profile); e.g. '
+                        help='which parts to run (default: all but profile and '
+                        'overflow); e.g. '
                         '`--sections mamba` again under TRITON_F32_DEFAULT=ieee')
     parser.add_argument('--out', type=Path, default=None, help='also write the report here')
     return parser.parse_args(argv)
@@ -340,12 +451,18 @@ def main(argv=None):
     args = parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit('check_cuda_scan: no CUDA device is visible; run this on a GPU machine')
-    ok, reason = load_kernels('cuda')
-    if not ok:
-        sys.exit(f'check_cuda_scan: the CUDA kernel is not available: {reason}')
+    if 'mamba_ssm' in args.impls and args.sections != ['overflow']:
+        sys.exit('check_cuda_scan: --impls mamba_ssm is for --sections overflow alone; '
+                 'the other sections compare with mamba-ssm by themselves')
+    needs = {'cuda': load_kernels('cuda'), 'triton': triton_available(),
+             'triton_tf32': triton_available()}
+    for impl in args.impls:
+        ok, reason = needs.get(impl, (True, None))
+        if not ok:
+            sys.exit(f'check_cuda_scan: {impl} is not available: {reason}')
     with_mamba = not args.no_mamba
     mamba_version = 'not installed'
-    if with_mamba and args.mamba_ssm_src:
+    if (with_mamba or 'mamba_ssm' in args.impls) and args.mamba_ssm_src:
         load_mamba_ssm_source(args.mamba_ssm_src)
     try:
         import mamba_ssm
@@ -358,16 +475,20 @@ def main(argv=None):
     props = torch.cuda.get_device_properties(0)
     report(f'GPU: {props.name} ({props.total_memory / 2**30:.0f} GiB), torch {torch.__version__}, '
            f'CUDA {torch.version.cuda}, mamba-ssm {mamba_version}')
+    ours = [i for i in args.impls if i != 'mamba_ssm']
     if 'reference' in args.sections:
-        check_small_cases(report)
+        check_small_cases(report, ours)
     if 'mamba' in args.sections and with_mamba:
-        check_against_mamba_ssm(report, args.lengths, args.chunk)
+        check_against_mamba_ssm(report, args.lengths, args.chunk, ours)
     if 'lengths' in args.sections:
-        check_lengths(report, args.lengths, args.chunk)
+        check_lengths(report, args.lengths, args.chunk, ours)
     if 'speed' in args.sections:
-        time_implementations(report, args.lengths, args.chunk, with_mamba)
+        impls = ours + (['mamba_ssm'] if with_mamba else []) + ['chunked']
+        time_implementations(report, args.lengths, args.chunk, impls, args.batches)
     if 'profile' in args.sections:
-        profile_kernels(report, args.lengths, args.chunk)
+        profile_kernels(report, args.lengths, args.chunk, ours)
+    if 'overflow' in args.sections:
+        check_overflow(report, args.chunk, args.impls)
     report(f'\n{"FAILED" if report.failed else "All checks passed."}')
     if args.out:
         args.out.write_text('\n'.join(report.lines) + '\n')

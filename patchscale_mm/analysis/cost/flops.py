@@ -26,6 +26,7 @@ SCAN_FLOP_CONVENTION = {
     'kernel': 'recurrence',
     'fused_cpu': 'recurrence',
     'torch': 'chunked',
+    'triton': 'chunked',
     'mamba_ssm': 'chunked'
 }
 

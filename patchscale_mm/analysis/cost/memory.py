@@ -16,7 +16,8 @@ Adventurer's scan has implementations that save different tensors
 (``scan``): this repository's compiled kernel (``'kernel'``: its inputs and
 one state per chunk), the chunked PyTorch form (``'torch'``: also its
 per-chunk decay matrices), mamba-ssm's ``mamba_chunk_scan_combined``
-(``'mamba_ssm'``: its inputs, output and ``dA_cumsum``) and the fused CPU
+(``'mamba_ssm'``: its inputs, output and ``dA_cumsum``), this repository's
+Triton scan (``'triton'``: as ``'kernel'``, plus the final state) and the fused CPU
 blocks (``'fused_cpu'``: between its projections the mixer keeps only the
 projection output, the scan output and the chunk states).
 """
@@ -28,7 +29,7 @@ from patchscale_mm.models.zoo import resolve_family
 from .shapes import count_backbone_params, model_dims, num_patches
 
 PRECISIONS = ('fp32', 'amp')
-MEMORY_SCANS = ('kernel', 'fused_cpu', 'torch', 'mamba_ssm')
+MEMORY_SCANS = ('kernel', 'fused_cpu', 'torch', 'triton', 'mamba_ssm')
 MIB = 2**20
 # fp32 weights, gradients and AdamW's two moments.
 STATE_BYTES_PER_PARAM = 16
@@ -97,6 +98,12 @@ def _kernel_scan(L: int, d: dict, b: ElementBytes) -> int:
     return b.act * L * (E + 2 * g * n) + b.fp32 * (chunks * h * n * p + L * E)
 
 
+def _triton_scan(L: int, d: dict, b: ElementBytes) -> int:
+    """:mod:`patchscale_mm.ops.ssd_triton`: what the compiled kernel keeps,
+    and the final state, which its backward reads as the last chunk's end."""
+    return _kernel_scan(L, d, b) + b.fp32 * d['nheads'] * d['headdim'] * d['d_state']
+
+
 def _mamba_ssm_scan(L: int, d: dict, b: ElementBytes) -> int:
     """mamba-ssm's ``mamba_chunk_scan_combined``: its inputs, its output
     (cast to fp32 by the gate under amp) and ``dA_cumsum``; the chunk
@@ -144,6 +151,7 @@ def _torch_scan(L: int, d: dict, b: ElementBytes) -> int:
 _SCAN_MEMORY = {
     'kernel': _kernel_scan,
     'torch': _torch_scan,
+    'triton': _triton_scan,
     'mamba_ssm': _mamba_ssm_scan
 }
 
@@ -213,8 +221,8 @@ def activation_bytes(family: str,
             Defaults to ``'amp'``.
         scan (str): Adventurer's scan implementation: ``'kernel'`` (this
             repository's compiled kernel), ``'fused_cpu'`` (that kernel with
-            the fused CPU blocks), ``'torch'`` (the chunked PyTorch form) or
-            ``'mamba_ssm'``. Defaults to ``'kernel'``.
+            the fused CPU blocks), ``'torch'`` (the chunked PyTorch form),
+            ``'triton'`` or ``'mamba_ssm'``. Defaults to ``'kernel'``.
         mixer_cfg (dict, optional): Mamba-2 mixer overrides (Adventurer).
         in_channels (int): Image channels. Defaults to 3.
     """

@@ -1,0 +1,531 @@
+"""The scan as block matrix products in Triton: forward and backward.
+
+This repository's CUDA kernel (:mod:`.ssd_kernel`) runs the recurrence token
+by token inside each chunk. These kernels write each chunk as products of
+token blocks, as mamba_ssm's do, so that they run at matmul speed, and they
+keep two things mamba_ssm's kernels lack: 64-bit element offsets (correct
+past 2**31 elements) and full fp32 products unless asked otherwise
+(``precision``).
+
+Within a chunk, with ``l_t`` the running sum of ``dt A`` from the chunk's
+start, ``u_t = dt_t x_t`` and ``S`` the state entering the chunk::
+
+    s_t = exp(l_t) S + sum_{k<=t} exp(l_t - l_k) B_k u_k^T
+    y_t = exp(l_t) C_t^T S + sum_{k<=t} exp(l_t - l_k) (C_t . B_k) u_k
+
+Forward: (1) :func:`_chunk_states_kernel` gives the state each chunk builds
+from zero; (2) :func:`_pass_states_kernel` turns those into the state
+entering each chunk and the final state, one chunk after another; (3)
+:func:`_chunk_outputs_kernel` gives ``y``. Backward: the same two first
+kernels on ``(C, dy)`` give the gradient at each chunk's end; then
+:func:`_chunk_grads_kernel` gives dx, dz, dB, dC, dD and, per token, the
+derivative of the loss by ``l_t``, whose reverse running sum is the
+derivative by ``dt_t A``. Every exponent is ``l_late - l_early <= 0`` for a
+decaying scan, so nothing overflows that the recurrence would not.
+
+Triton comes with CUDA builds of torch; the module imports without it and
+:func:`triton_available` says why it cannot run.
+"""
+import functools
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .ssd_torch import NO_DT_LIMIT, _process_dt
+
+try:
+    import triton
+    import triton.language as tl
+    _IMPORT_ERROR = None
+except Exception as e:  # ImportError, or a Triton that does not match torch
+    triton = tl = None
+    _IMPORT_ERROR = f'{type(e).__name__}: {e}'.splitlines()[0]
+
+__all__ = ['ssd_scan_triton', 'triton_available', 'PRECISIONS']
+
+# tl.dot's input_precision: 'ieee' multiplies in fp32; 'tf32' rounds the
+# factors to TF32 (10-bit mantissa, as mamba_ssm's default); 'tf32x3' splits
+# each factor into two TF32 parts, near fp32 at three times TF32's work.
+PRECISIONS = ('ieee', 'tf32', 'tf32x3')
+
+
+def triton_available() -> Tuple[bool, Optional[str]]:
+    """``(True, None)`` when Triton imports, else ``(False, reason)``."""
+    return (_IMPORT_ERROR is None), _IMPORT_ERROR
+
+
+if triton is not None:
+
+    @triton.jit
+    def _decay(l_row, l_col, t_row, t_col, ok_row, ok_col, ROWS_LATER: tl.constexpr):
+        """exp(l_later - l_earlier) between two blocks of one chunk's tokens
+        where the earlier token is at or before the later one, else 0;
+        (rows, cols). Masked before exp, so that no exp(+big) appears."""
+        if ROWS_LATER:
+            keep = t_col[None, :] <= t_row[:, None]
+            diff = l_row[:, None] - l_col[None, :]
+        else:
+            keep = t_row[:, None] <= t_col[None, :]
+            diff = l_col[None, :] - l_row[:, None]
+        keep = keep & ok_row[:, None] & ok_col[None, :]
+        return tl.exp(tl.where(keep, diff, float('-inf')))
+
+    @triton.jit
+    def _load_rows(ptr, row_offs, ok_rows, cols, ncols):
+        """A (rows, cols) block; rows start at ``row_offs``, masked to zero."""
+        mask = ok_rows[:, None] & (cols[None, :] < ncols)
+        return tl.load(ptr + row_offs[:, None] + cols[None, :], mask=mask, other=0.)
+
+    @triton.jit
+    def _gated_dout(dout_ptr, z_ptr, offs, mask, HAS_Z: tl.constexpr):
+        """The gradient of y before the gate: dout * silu(z)."""
+        g = tl.load(dout_ptr + offs, mask=mask, other=0.)
+        if HAS_Z:
+            zz = tl.load(z_ptr + offs, mask=mask, other=0.)
+            g = g * zz * tl.sigmoid(zz)
+        return g
+
+    @triton.jit
+    def _tokens(c, block, chunk, seqlen, BT: tl.constexpr):
+        """Positions in the chunk, sequence positions and validity of a block."""
+        t_in = block * BT + tl.arange(0, BT)
+        tok = c * chunk + t_in
+        return t_in, tok, (t_in < chunk) & (tok < seqlen)
+
+    @triton.jit
+    def _chunk_states_kernel(left_ptr, right_ptr, dtv_ptr, lc_ptr, z_ptr, out_ptr,
+                             seqlen, nheads, heads_per_group, headdim, dstate, chunk,
+                             nchunks, lpad, GRAD: tl.constexpr, HAS_Z: tl.constexpr,
+                             BT: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr,
+                             PREC: tl.constexpr):
+        """out[c] = sum_t w_t left_t right_t^T over chunk c, (dstate, headdim).
+
+        Forward: left = B, right = dt x, w = exp(l_end - l_t) (the chunk's own
+        end state). GRAD: left = C, right = dy silu(z), w = exp(l_t) (the
+        gradient at the chunk's start from its own outputs).
+        """
+        c = tl.program_id(0).to(tl.int64)
+        pblk = tl.program_id(1)
+        bh = tl.program_id(2).to(tl.int64)
+        b, h = bh // nheads, bh % nheads
+        ngroups = nheads // heads_per_group
+        grp = h // heads_per_group
+        ns = tl.arange(0, BN)
+        ps = pblk * BP + tl.arange(0, BP)
+        t_end = tl.minimum(c * chunk + chunk, seqlen) - 1
+        l_end = tl.load(lc_ptr + bh * lpad + t_end)
+        acc = tl.zeros((BN, BP), dtype=tl.float32)
+        for blk in range(0, tl.cdiv(chunk, BT)):
+            _, tok, ok = _tokens(c, blk, chunk, seqlen, BT)
+            row = b * seqlen + tok
+            left = _load_rows(left_ptr, (row * ngroups + grp) * dstate, ok, ns, dstate)
+            l_tok = tl.load(lc_ptr + bh * lpad + tok, mask=ok, other=0.)
+            xoffs = (row * nheads + h) * headdim
+            if GRAD:
+                right = _gated_dout(right_ptr, z_ptr, xoffs[:, None] + ps[None, :],
+                                    ok[:, None] & (ps[None, :] < headdim), HAS_Z)
+                w = tl.exp(l_tok)
+            else:
+                right = _load_rows(right_ptr, xoffs, ok, ps, headdim)
+                right = right * tl.load(dtv_ptr + bh * lpad + tok, mask=ok, other=0.)[:, None]
+                w = tl.exp(l_end - l_tok)
+            w = tl.where(ok, w, 0.)
+            acc += tl.dot(tl.trans(left * w[:, None]), right, input_precision=PREC)
+        offs = ((bh * nchunks + c) * dstate + ns[:, None]) * headdim + ps[None, :]
+        tl.store(out_ptr + offs, acc, mask=(ns[:, None] < dstate) & (ps[None, :] < headdim))
+
+    @triton.jit
+    def _pass_states_kernel(states_ptr, decay_ptr, first_ptr, last_ptr, nchunks, dstate,
+                            headdim, HAS_FIRST: tl.constexpr, HAS_LAST: tl.constexpr,
+                            REVERSE: tl.constexpr, BLOCK: tl.constexpr):
+        """In place, one chunk after another: each chunk's own contribution in
+        ``states`` becomes what enters it, s <- decay[c] s + own[c], starting
+        from ``first`` ((b, h, p, n) or zero); ``last`` gets the end.
+
+        Forward: states entering chunks and the final state. REVERSE, on the
+        chunks' own start gradients: gradients at each chunk's end, starting
+        from the final state's gradient, and the initial state's gradient.
+        """
+        bh = tl.program_id(1).to(tl.int64)
+        e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        ok = e < dstate * headdim
+        n, p = e // headdim, e % headdim
+        io = bh * dstate * headdim + p * dstate + n  # (b, h, p, n) layout
+        s = tl.zeros((BLOCK,), dtype=tl.float32)
+        if HAS_FIRST:
+            s = tl.load(first_ptr + io, mask=ok, other=0.)
+        for i in range(0, nchunks):
+            c = nchunks - 1 - i if REVERSE else i
+            offs = (bh * nchunks + c) * dstate * headdim + e
+            own = tl.load(states_ptr + offs, mask=ok, other=0.)
+            tl.store(states_ptr + offs, s, mask=ok)
+            s = tl.load(decay_ptr + bh * nchunks + c) * s + own
+        if HAS_LAST:
+            tl.store(last_ptr + io, s, mask=ok)
+
+    @triton.jit
+    def _chunk_outputs_kernel(x_ptr, dtv_ptr, lc_ptr, B_ptr, C_ptr, D_ptr, z_ptr, states_ptr,
+                              out_ptr, seqlen, nheads, heads_per_group, headdim, dstate,
+                              chunk, nchunks, lpad, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+                              BT: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr,
+                              PREC: tl.constexpr):
+        """out = (y + D x) silu(z) for one block of a chunk's tokens."""
+        nblk = tl.cdiv(chunk, BT)
+        c = (tl.program_id(0) // nblk).to(tl.int64)
+        mblk = tl.program_id(0) % nblk
+        bh = tl.program_id(1).to(tl.int64)
+        b, h = bh // nheads, bh % nheads
+        ngroups = nheads // heads_per_group
+        grp = h // heads_per_group
+        ns, ps = tl.arange(0, BN), tl.arange(0, BP)
+        t_m, tok_m, ok_m = _tokens(c, mblk, chunk, seqlen, BT)
+        row_m = b * seqlen + tok_m
+        l_m = tl.load(lc_ptr + bh * lpad + tok_m, mask=ok_m, other=0.)
+        C_m = _load_rows(C_ptr, (row_m * ngroups + grp) * dstate, ok_m, ns, dstate)
+        S = _load_rows(states_ptr, ((bh * nchunks + c) * dstate + ns) * headdim,
+                       ns < dstate, ps, headdim)
+        y = tl.dot(C_m, S, input_precision=PREC) * tl.exp(l_m)[:, None]
+        for kblk in range(0, mblk + 1):
+            t_k, tok_k, ok_k = _tokens(c, kblk, chunk, seqlen, BT)
+            row_k = b * seqlen + tok_k
+            B_k = _load_rows(B_ptr, (row_k * ngroups + grp) * dstate, ok_k, ns, dstate)
+            u_k = _load_rows(x_ptr, (row_k * nheads + h) * headdim, ok_k, ps, headdim)
+            u_k = u_k * tl.load(dtv_ptr + bh * lpad + tok_k, mask=ok_k, other=0.)[:, None]
+            l_k = tl.load(lc_ptr + bh * lpad + tok_k, mask=ok_k, other=0.)
+            CB = tl.dot(C_m, tl.trans(B_k), input_precision=PREC)
+            CB = CB * _decay(l_m, l_k, t_m, t_k, ok_m, ok_k, True)
+            y += tl.dot(CB, u_k, input_precision=PREC)
+        xoffs = ((row_m * nheads + h) * headdim)[:, None] + ps[None, :]
+        mask = ok_m[:, None] & (ps[None, :] < headdim)
+        if HAS_D:
+            x_m = tl.load(x_ptr + xoffs, mask=mask, other=0.)
+            y += x_m * tl.load(D_ptr + h * headdim + ps, mask=ps < headdim, other=0.)[None, :]
+        if HAS_Z:
+            zz = tl.load(z_ptr + xoffs, mask=mask, other=0.)
+            y = y * zz * tl.sigmoid(zz)
+        tl.store(out_ptr + xoffs, y, mask=mask)
+
+    @triton.jit
+    def _chunk_grads_kernel(x_ptr, dtv_ptr, lc_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dout_ptr,
+                            states_ptr, dstates_ptr, dx_ptr, dz_ptr, dB_ptr, dC_ptr, dD_ptr,
+                            dl_ptr, dtx_ptr, seqlen, nheads, heads_per_group, headdim,
+                            dstate, chunk, nchunks, lpad, ROWS_LATER: tl.constexpr,
+                            HAS_D: tl.constexpr, HAS_Z: tl.constexpr, BT: tl.constexpr,
+                            BN: tl.constexpr, BP: tl.constexpr, PREC: tl.constexpr):
+        """Gradients for one block m of a chunk's tokens, given the state S
+        entering the chunk and the gradient dS at its end.
+
+        With g = dy silu(z), e_tk = exp(l_t - l_k) for k <= t (else 0),
+        M = e o (C B^T) and W = e o (g u^T):
+          y_m  = exp(l_m) C_m S + sum_k M_mk u_k            (for dz)
+          dC_m = exp(l_m) S g_m + sum_k W_mk B_k
+          du_m = exp(l_end - l_m) dS^T B_m + sum_j M_jm g_j
+          dB_m = exp(l_end - l_m) dS u_m + sum_j W_jm C_j
+          dl_m = g_m . exp(l_m) C_m S - u_m . exp(l_end - l_m) dS^T B_m
+                 + sum_k M_mk (g_m . u_k) - sum_j M_jm (g_j . u_m)
+        where dl_t is the loss's derivative by l_t, less the end state's
+        <dS, s_end>, which the caller adds to the last token.
+
+        Two launches share the work, so that each holds two accumulators:
+        ROWS_LATER, the block's tokens as the later ones (earlier blocks k):
+        y, dz, dC, dD and the first half of dl; else as the earlier ones
+        (later blocks j): du, dx, dB and the second half of dl. dB, dC and dl
+        are added atomically (dB and dC over the heads of a group; each dl
+        entry gets two adds, whose order cannot change their sum).
+        """
+        nblk = tl.cdiv(chunk, BT)
+        c = (tl.program_id(0) // nblk).to(tl.int64)
+        mblk = tl.program_id(0) % nblk
+        bh = tl.program_id(1).to(tl.int64)
+        b, h = bh // nheads, bh % nheads
+        ngroups = nheads // heads_per_group
+        grp = h // heads_per_group
+        ns, ps = tl.arange(0, BN), tl.arange(0, BP)
+        n_ok, p_ok = ns < dstate, ps < headdim
+        t_m, tok_m, ok_m = _tokens(c, mblk, chunk, seqlen, BT)
+        row_m = b * seqlen + tok_m
+        bc_m = (row_m * ngroups + grp) * dstate
+        xoffs = ((row_m * nheads + h) * headdim)[:, None] + ps[None, :]
+        xmask = ok_m[:, None] & p_ok[None, :]
+        nmask = ok_m[:, None] & n_ok[None, :]
+        l_m = tl.load(lc_ptr + bh * lpad + tok_m, mask=ok_m, other=0.)
+        soffs = ((bh * nchunks + c) * dstate + ns) * headdim
+
+        if ROWS_LATER:
+            C_m = _load_rows(C_ptr, bc_m, ok_m, ns, dstate)
+            g_m = _gated_dout(dout_ptr, z_ptr, xoffs, xmask, HAS_Z)
+            S = _load_rows(states_ptr, soffs, n_ok, ps, headdim)  # (n, p)
+            w_start = tl.where(ok_m, tl.exp(l_m), 0.)
+            y = tl.dot(C_m, S, input_precision=PREC) * w_start[:, None]
+            dC = tl.dot(g_m, tl.trans(S), input_precision=PREC) * w_start[:, None]
+            dl = tl.sum(g_m * y, axis=1)
+            for kblk in range(0, mblk + 1):
+                t_k, tok_k, ok_k = _tokens(c, kblk, chunk, seqlen, BT)
+                row_k = b * seqlen + tok_k
+                B_k = _load_rows(B_ptr, (row_k * ngroups + grp) * dstate, ok_k, ns, dstate)
+                u_k = _load_rows(x_ptr, (row_k * nheads + h) * headdim, ok_k, ps, headdim)
+                u_k = u_k * tl.load(dtv_ptr + bh * lpad + tok_k, mask=ok_k, other=0.)[:, None]
+                l_k = tl.load(lc_ptr + bh * lpad + tok_k, mask=ok_k, other=0.)
+                decay = _decay(l_m, l_k, t_m, t_k, ok_m, ok_k, True)
+                M = tl.dot(C_m, tl.trans(B_k), input_precision=PREC) * decay
+                gu = tl.dot(g_m, tl.trans(u_k), input_precision=PREC)
+                y += tl.dot(M, u_k, input_precision=PREC)
+                dC += tl.dot(gu * decay, B_k, input_precision=PREC)
+                dl += tl.sum(M * gu, axis=1)
+            tl.atomic_add(dC_ptr + bc_m[:, None] + ns[None, :], dC, mask=nmask)
+            tl.atomic_add(dl_ptr + bh * lpad + tok_m, dl, mask=ok_m)
+            if HAS_D:
+                x_m = tl.load(x_ptr + xoffs, mask=xmask, other=0.)
+                D_h = tl.load(D_ptr + h * headdim + ps, mask=p_ok, other=0.)
+                y += x_m * D_h[None, :]
+                tl.atomic_add(dD_ptr + h * headdim + ps, tl.sum(g_m * x_m, axis=0), mask=p_ok)
+            if HAS_Z:
+                zz = tl.load(z_ptr + xoffs, mask=xmask, other=0.)
+                dy = tl.load(dout_ptr + xoffs, mask=xmask, other=0.)
+                sg = tl.sigmoid(zz)
+                tl.store(dz_ptr + xoffs, dy * y * sg * (1. + zz * (1. - sg)), mask=xmask)
+        else:
+            t_end = tl.minimum(c * chunk + chunk, seqlen) - 1
+            l_end = tl.load(lc_ptr + bh * lpad + t_end)
+            dtv_m = tl.load(dtv_ptr + bh * lpad + tok_m, mask=ok_m, other=0.)
+            B_m = _load_rows(B_ptr, bc_m, ok_m, ns, dstate)
+            x_m = tl.load(x_ptr + xoffs, mask=xmask, other=0.)
+            u_m = x_m * dtv_m[:, None]
+            dS = _load_rows(dstates_ptr, soffs, n_ok, ps, headdim)  # (n, p)
+            w_end = tl.where(ok_m, tl.exp(l_end - l_m), 0.)
+            du = tl.dot(B_m, dS, input_precision=PREC) * w_end[:, None]
+            dB = tl.dot(u_m, tl.trans(dS), input_precision=PREC) * w_end[:, None]
+            dl = -tl.sum(u_m * du, axis=1)
+            for jblk in range(mblk, tl.cdiv(chunk, BT)):
+                t_j, tok_j, ok_j = _tokens(c, jblk, chunk, seqlen, BT)
+                row_j = b * seqlen + tok_j
+                C_j = _load_rows(C_ptr, (row_j * ngroups + grp) * dstate, ok_j, ns, dstate)
+                joffs = ((row_j * nheads + h) * headdim)[:, None] + ps[None, :]
+                g_j = _gated_dout(dout_ptr, z_ptr, joffs, ok_j[:, None] & p_ok[None, :], HAS_Z)
+                l_j = tl.load(lc_ptr + bh * lpad + tok_j, mask=ok_j, other=0.)
+                decay = _decay(l_m, l_j, t_m, t_j, ok_m, ok_j, False)  # (m, j)
+                MT = tl.dot(B_m, tl.trans(C_j), input_precision=PREC) * decay
+                ug = tl.dot(u_m, tl.trans(g_j), input_precision=PREC)
+                du += tl.dot(MT, g_j, input_precision=PREC)
+                dB += tl.dot(ug * decay, C_j, input_precision=PREC)
+                dl -= tl.sum(MT * ug, axis=1)
+            tl.atomic_add(dB_ptr + bc_m[:, None] + ns[None, :], dB, mask=nmask)
+            tl.atomic_add(dl_ptr + bh * lpad + tok_m, dl, mask=ok_m)
+            tl.store(dtx_ptr + bh * lpad + tok_m, tl.sum(x_m * du, axis=1), mask=ok_m)
+            dx = du * dtv_m[:, None]
+            if HAS_D:
+                g_m = _gated_dout(dout_ptr, z_ptr, xoffs, xmask, HAS_Z)
+                dx += g_m * tl.load(D_ptr + h * headdim + ps, mask=p_ok, other=0.)[None, :]
+            tl.store(dx_ptr + xoffs, dx, mask=xmask)
+
+
+# ---------------------------------------------------------------------------
+# Launches
+# ---------------------------------------------------------------------------
+def _pow2(n: int, least: int = 16) -> int:
+    """Block extent for n: tl.dot needs powers of two of at least 16."""
+    return max(least, triton.next_power_of_2(n))
+
+
+class _Geometry:
+    """Sizes and launch blocks of one call."""
+
+    def __init__(self, x: Tensor, B: Tensor, chunk_size: int):
+        self.b, self.l, self.h, self.p = x.shape
+        self.g, self.n = B.shape[2:]
+        self.chunk = max(1, min(chunk_size, self.l))
+        self.nchunks = -(-self.l // self.chunk)
+        self.lpad = self.nchunks * self.chunk
+        self.BT = min(64, _pow2(self.chunk))  # tokens per block
+        self.BN, self.BP = _pow2(self.n), _pow2(self.p)
+        self.BP_states = min(64, self.BP)  # headdim tile of the state kernels
+        self.nblk = -(-self.chunk // self.BT)
+
+    def sizes(self):
+        """The size arguments every kernel takes after its pointers."""
+        return (self.l, self.h, self.h // self.g, self.p, self.n, self.chunk)
+
+
+def _log_decays(dtv: Tensor, A: Tensor, geo: _Geometry) -> Tuple[Tensor, Tensor, Tensor]:
+    """dt, its running sum times A within each chunk, both (b, h, lpad), and
+    each chunk's decay exp(l_end), (b, h, nchunks). Padded tokens have dt = 0,
+    so the last entry of a chunk is its end."""
+    dt_p = F.pad(dtv.permute(0, 2, 1), (0, geo.lpad - geo.l)).contiguous()
+    lc = (dt_p * A[:, None]).view(geo.b, geo.h, geo.nchunks, geo.chunk).cumsum(-1)
+    return dt_p, lc.view(geo.b, geo.h, geo.lpad), lc[..., -1].exp().contiguous()
+
+
+def _chunk_states(left, right, dt_p, lc, z, geo, grad, precision):
+    out = left.new_empty(geo.b, geo.h, geo.nchunks, geo.n, geo.p)
+    grid = (geo.nchunks, triton.cdiv(geo.p, geo.BP_states), geo.b * geo.h)
+    _chunk_states_kernel[grid](left, right, dt_p, lc, z if z is not None else right, out,
+                               *geo.sizes(), geo.nchunks, geo.lpad, GRAD=grad,
+                               HAS_Z=z is not None, BT=geo.BT, BN=geo.BN,
+                               BP=geo.BP_states, PREC=precision)
+    return out
+
+
+def _pass_states(states, decay, first, last, geo, reverse):
+    BLOCK = min(1024, triton.next_power_of_2(geo.n * geo.p))
+    grid = (triton.cdiv(geo.n * geo.p, BLOCK), geo.b * geo.h)
+    _pass_states_kernel[grid](states, decay, first if first is not None else states,
+                              last if last is not None else states, geo.nchunks, geo.n,
+                              geo.p, HAS_FIRST=first is not None, HAS_LAST=last is not None,
+                              REVERSE=reverse, BLOCK=BLOCK)
+
+
+def _prepare(x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus, dt_limit):
+    """fp32 contiguous inputs, D as (h, p), processed dt (b, l, h)."""
+    f32 = torch.float32
+
+    def conv(t):
+        return None if t is None else t.to(f32).contiguous()
+
+    h, p = x.shape[-2:]
+    if D is not None:
+        D = D.to(f32)
+        D = (D[:, None].expand(h, p) if D.dim() == 1 else D).contiguous()
+    dtv = _process_dt(dt, f32, dt_bias, dt_softplus, dt_limit)
+    return conv(x), dtv, conv(A), conv(B), conv(C), D, conv(z), conv(initial_states)
+
+
+class SSDScanTritonFn(torch.autograd.Function):
+    """Forward and backward of :func:`ssd_scan_triton`."""
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus, dt_limit,
+                return_final_states, chunk_size, precision):
+        xf, dtv, Af, Bf, Cf, Df, zf, init = _prepare(x, dt, A, B, C, D, z, dt_bias,
+                                                     initial_states, dt_softplus, dt_limit)
+        geo = _Geometry(x, B, chunk_size)
+        dt_p, lc, decay = _log_decays(dtv, Af, geo)
+        states = _chunk_states(Bf, xf, dt_p, lc, None, geo, False, precision)
+        final = xf.new_empty(geo.b, geo.h, geo.p, geo.n)
+        _pass_states(states, decay, init, final, geo, reverse=False)
+        out = torch.empty_like(xf)
+        grid = (geo.nchunks * geo.nblk, geo.b * geo.h)
+        _chunk_outputs_kernel[grid](xf, dt_p, lc, Bf, Cf, Df if Df is not None else xf,
+                                    zf if zf is not None else xf, states, out, *geo.sizes(),
+                                    geo.nchunks, geo.lpad, HAS_D=Df is not None,
+                                    HAS_Z=zf is not None, BT=geo.BT, BN=geo.BN, BP=geo.BP,
+                                    PREC=precision)
+        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_states, states, final)
+        ctx.config = (dt_softplus, dt_limit, chunk_size, precision)
+        ctx.set_materialize_grads(False)
+        y = out.to(x.dtype)
+        return (y, final) if return_final_states else y
+
+    @staticmethod
+    def backward(ctx, dout, dfinal=None):
+        x, dt, A, B, C, D, z, dt_bias, initial_states, states, final = ctx.saved_tensors
+        dt_softplus, dt_limit, chunk_size, precision = ctx.config
+        xf, dtv, Af, Bf, Cf, Df, zf, init = _prepare(x, dt, A, B, C, D, z, dt_bias,
+                                                     initial_states, dt_softplus, dt_limit)
+        geo = _Geometry(x, B, chunk_size)
+        dout = torch.zeros_like(xf) if dout is None else dout.to(torch.float32).contiguous()
+        if dfinal is not None:
+            dfinal = dfinal.to(torch.float32).contiguous()
+        dt_p, lc, decay = _log_decays(dtv, Af, geo)
+
+        # Gradient at each chunk's end (dstates) and at the initial state.
+        dstates = _chunk_states(Cf, dout, dt_p, lc, zf, geo, True, precision)
+        dinit = None if init is None else torch.empty_like(init)
+        _pass_states(dstates, decay, dfinal, dinit, geo, reverse=True)
+
+        dx, dz = torch.empty_like(xf), (None if zf is None else torch.empty_like(xf))
+        dB, dC = torch.zeros_like(Bf), torch.zeros_like(Cf)
+        dD = None if Df is None else torch.zeros_like(Df)
+        dl = xf.new_zeros(geo.b, geo.h, geo.lpad)
+        dtx = xf.new_zeros(geo.b, geo.h, geo.lpad)
+        grid = (geo.nchunks * geo.nblk, geo.b * geo.h)
+        for rows_later in (True, False):
+            _chunk_grads_kernel[grid](xf, dt_p, lc, Bf, Cf, Df if Df is not None else xf,
+                                      zf if zf is not None else xf, dout, states, dstates, dx,
+                                      dz if dz is not None else dx, dB, dC,
+                                      dD if dD is not None else dx, dl, dtx, *geo.sizes(),
+                                      geo.nchunks, geo.lpad, ROWS_LATER=rows_later,
+                                      HAS_D=Df is not None, HAS_Z=zf is not None, BT=geo.BT,
+                                      BN=geo.BN, BP=geo.BP, PREC=precision)
+
+        # d/d(dt A) of a token is the sum of d/dl over it and the chunk's later
+        # tokens, plus <dS, s_end>, through the chunk's end state.
+        ends = torch.cat([states[:, :, 1:], final.transpose(-1, -2)[:, :, None]], dim=2)
+        through_end = (dstates * ends).sum((-1, -2))  # (b, h, nchunks)
+        dl = dl.view(geo.b, geo.h, geo.nchunks, geo.chunk)
+        ada = dl.flip(-1).cumsum(-1).flip(-1) + through_end[..., None]
+        ada = ada.view(geo.b, geo.h, geo.lpad)[..., :geo.l].transpose(1, 2)  # (b, l, h)
+        dtx = dtx[..., :geo.l].transpose(1, 2)
+        d_dtv = dtx + ada * Af
+        dA = (ada * dtv).sum((0, 1))
+
+        # Back through bias, softplus and clamp with torch's own derivatives.
+        ddt = ddt_bias = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[7]:
+            with torch.enable_grad():
+                leaves = [t.detach().requires_grad_() if t is not None else None
+                          for t in (dt, dt_bias)]
+                dtv2 = _process_dt(leaves[0], torch.float32, leaves[1], dt_softplus, dt_limit)
+                wanted = [t for t in leaves if t is not None]
+                grads = torch.autograd.grad(dtv2, wanted, d_dtv)
+            ddt = grads[0]
+            ddt_bias = grads[1] if dt_bias is not None else None
+
+        if D is not None and D.dim() == 1:
+            dD = dD.sum(-1)
+        grads = (dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinit)
+        inputs = (x, dt, A, B, C, D, z, dt_bias, initial_states)
+        out = [None if t is None or not need else g.to(t.dtype)
+               for g, t, need in zip(grads, inputs, ctx.needs_input_grad)]
+        return (*out, None, None, None, None, None)
+
+
+def ssd_scan_triton(x: Tensor,
+                    dt: Tensor,
+                    A: Tensor,
+                    B: Tensor,
+                    C: Tensor,
+                    D: Optional[Tensor] = None,
+                    z: Optional[Tensor] = None,
+                    dt_bias: Optional[Tensor] = None,
+                    dt_softplus: bool = False,
+                    dt_limit: Sequence[float] = NO_DT_LIMIT,
+                    initial_states: Optional[Tensor] = None,
+                    return_final_states: bool = False,
+                    chunk_size: int = 256,
+                    precision: str = 'ieee'):
+    """The scan in Triton's block products; arguments as
+    :func:`patchscale_mm.ops.ssd_scan_ref`.
+
+    Computes in fp32 (fp64 inputs are refused: use the 'cuda' or 'torch'
+    backend for them). ``chunk_size`` sets the chunk of the block form;
+    ``precision`` is tl.dot's input precision (:data:`PRECISIONS`): 'ieee'
+    (fp32 products, the default), 'tf32' (mamba_ssm's default, faster on
+    tensor cores, about 1e-3 relative error per product) or 'tf32x3'.
+    Shapes are not validated here; :func:`patchscale_mm.ops.ssd_scan` does
+    that before dispatching.
+    """
+    ok, reason = triton_available()
+    if not ok:
+        raise RuntimeError(f'ssd_scan triton: Triton is not available ({reason})')
+    if precision not in PRECISIONS:
+        raise ValueError(f'ssd_scan triton: precision must be one of {PRECISIONS}, '
+                         f'got {precision!r}')
+    if torch.float64 in (x.dtype, dt.dtype, A.dtype, B.dtype, C.dtype):
+        raise ValueError("ssd_scan triton: computes in fp32; for fp64 inputs use "
+                         "backend 'cuda' or 'torch'")
+    if x.shape[0] * x.shape[2] > 65535:
+        raise ValueError(f'ssd_scan triton: batch x heads up to 65535 is supported, '
+                         f'got {x.shape[0] * x.shape[2]}')
+    if x.shape[1] == 0:
+        y = torch.zeros_like(x)
+        if not return_final_states:
+            return y
+        b, _, h, p = x.shape
+        fin = (x.new_zeros(b, h, p, B.shape[-1], dtype=torch.float32)
+               if initial_states is None else initial_states.float().clone())
+        return y, fin
+    return SSDScanTritonFn.apply(x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus,
+                                 tuple(dt_limit), return_final_states, int(chunk_size),
+                                 precision)

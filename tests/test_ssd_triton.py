@@ -1,0 +1,128 @@
+"""The Triton scan (patchscale_mm.ops.ssd_triton) against the sequential
+reference, run on CPU by Triton's interpreter (TRITON_INTERPRET=1), which
+executes the same kernels block by block with numpy."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from patchscale_mm.ops import ssd_scan
+from patchscale_mm.ops.ssd_triton import ssd_scan_triton, triton_available
+
+pytestmark = pytest.mark.skipif(not triton_available()[0],
+                                reason=f'Triton: {triton_available()[1]}')
+
+# (b, l, h, p, g, n, chunk, D, z, dt_bias, initial_states, dt_limit): every
+# optional input, groups, a chunk of one token block (7, 16, 64), of several
+# with a partial last block (200) and a partial last chunk, headdim and
+# d_state below and above one block, one token.
+CASES = {
+    'one token': (2, 1, 4, 3, 2, 5, 4, 'head', True, True, True, None),
+    'groups, odd sizes': (2, 37, 4, 19, 2, 37, 16, 'channel', True, True, True, None),
+    'chunk 7, no z/bias/init': (1, 50, 6, 8, 3, 24, 7, 'head', False, False, False, None),
+    'blocks within a chunk': (1, 450, 2, 16, 1, 16, 200, None, True, True, True, None),
+    'dt clamp, d_state 130': (1, 70, 1, 5, 1, 130, 20, 'channel', True, True, False,
+                              (0.05, 0.4)),
+    'headdim and d_state 64': (2, 300, 2, 64, 2, 64, 64, 'head', True, True, True, None),
+}
+
+RUNNER = r'''
+import json, sys
+import torch
+from patchscale_mm.ops.ssd_torch import ssd_scan_ref
+from patchscale_mm.ops.ssd_triton import SSDScanTritonFn, ssd_scan_triton
+
+def inputs(b, l, h, p, g, n, D, z, dt_bias, init, seed):
+    gen = torch.Generator().manual_seed(seed)
+    rnd = lambda *s, scale=1.0: (torch.randn(*s, generator=gen) * scale).double()
+    inp = dict(x=rnd(b, l, h, p), dt=rnd(b, l, h, scale=0.7) - 1.0,
+               A=-(torch.rand(h, generator=gen) * 2 + 0.2).double(),
+               B=rnd(b, l, g, n, scale=0.5), C=rnd(b, l, g, n, scale=0.5))
+    if D:
+        inp['D'] = rnd(h) if D == 'head' else rnd(h, p)
+    if z:
+        inp['z'] = rnd(b, l, h, p)
+    if dt_bias:
+        inp['dt_bias'] = rnd(h, scale=0.5)
+    if init:
+        inp['initial_states'] = rnd(b, h, p, n)
+    return inp
+
+def outputs_and_grads(fn, inp, dtype, **kw):
+    leaves = {k: v.detach().to(dtype).requires_grad_() for k, v in inp.items()}
+    y, final = fn(**leaves, dt_softplus=True, return_final_states=True, **kw)
+    gen = torch.Generator().manual_seed(1)
+    gy, gf = (torch.randn(t.shape, generator=gen).double() for t in (y, final))
+    torch.autograd.backward((y, final), (gy.to(y.dtype), gf.to(final.dtype)))
+    out = dict(y=y, final_states=final, **{'d' + k: v.grad for k, v in leaves.items()})
+    return {k: v.detach().double() for k, v in out.items()}
+
+results = {}
+for name, (b, l, h, p, g, n, chunk, D, z, bias, init, limit) in json.loads(sys.argv[1]).items():
+    inp = inputs(b, l, h, p, g, n, D, z, bias, init, seed=l)
+    kw = {} if limit is None else dict(dt_limit=tuple(limit))
+    ref = outputs_and_grads(ssd_scan_ref, inp, torch.float64, **kw)
+    got = outputs_and_grads(ssd_scan_triton, inp, torch.float32, chunk_size=chunk, **kw)
+    # fp32 tolerance of the other scan tests: rtol 6e-4, atol 2e-3.
+    errs = {k: ((got[k] - r).abs() / (2e-3 + 6e-4 * r.abs())).max().item()
+            for k, r in ref.items()}
+    results[name] = dict(errs=errs, keys=sorted(got), ref_keys=sorted(ref))
+
+# What the backward keeps beyond its inputs: the state entering each chunk
+# and the final state, (b, h, chunks, n, p) and (b, h, p, n).
+b, l, h, p, g, n, chunk = 2, 40, 3, 8, 1, 16, 16
+inp = {k: v.float().requires_grad_() for k, v in
+       inputs(b, l, h, p, g, n, 'head', True, True, True, seed=0).items()}
+saved = []
+with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+    ssd_scan_triton(**inp, chunk_size=chunk)
+extra = sorted(tuple(t.shape) for t in saved if not any(t is v for v in inp.values()))
+results['saved beyond inputs'] = extra
+print('RESULTS' + json.dumps(results))
+'''
+
+
+@pytest.fixture(scope='module')
+def interpreted():
+    """Every case in one interpreter process (Triton reads TRITON_INTERPRET
+    when its kernels are defined, so it cannot be switched on here)."""
+    env = dict(os.environ, TRITON_INTERPRET='1')
+    proc = subprocess.run([sys.executable, '-c', RUNNER, json.dumps(CASES)], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith('RESULTS'))
+    return json.loads(line[len('RESULTS'):])
+
+
+@pytest.mark.parametrize('case', list(CASES))
+def test_triton_scan_matches_the_sequential_reference(interpreted, case):
+    result = interpreted[case]
+    assert result['keys'] == result['ref_keys']  # every input has a gradient
+    worst = {k: round(v, 4) for k, v in result['errs'].items() if not v <= 1.0}
+    assert not worst, f'{case}: err / tol above 1 for {worst}'
+
+
+def test_triton_scan_keeps_one_state_per_chunk_for_backward(interpreted):
+    b, h, p, n, chunks = 2, 3, 8, 16, 3  # l 40 in chunks of 16
+    assert interpreted['saved beyond inputs'] == sorted([[b, h, chunks, n, p], [b, h, p, n]])
+
+
+def _small_inputs(dtype=torch.float32):
+    return dict(x=torch.randn(1, 4, 2, 3, dtype=dtype), dt=torch.rand(1, 4, 2, dtype=dtype),
+                A=-torch.rand(2, dtype=dtype), B=torch.randn(1, 4, 1, 5, dtype=dtype),
+                C=torch.randn(1, 4, 1, 5, dtype=dtype))
+
+
+def test_triton_scan_refuses_bad_options_in_one_line():
+    with pytest.raises(ValueError, match=r"precision must be one of .*'tf32'.*got 'fp16'"):
+        ssd_scan_triton(**_small_inputs(), precision='fp16')
+    with pytest.raises(ValueError, match="fp64 inputs use backend 'cuda' or 'torch'"):
+        ssd_scan_triton(**_small_inputs(torch.float64))
+
+
+def test_triton_backend_needs_cuda_tensors():
+    with pytest.raises(RuntimeError, match="backend 'triton' needs CUDA tensors"):
+        ssd_scan(**_small_inputs(), backend='triton')
