@@ -126,3 +126,25 @@ def test_triton_scan_refuses_bad_options_in_one_line():
 def test_triton_backend_needs_cuda_tensors():
     with pytest.raises(RuntimeError, match="backend 'triton' needs CUDA tensors"):
         ssd_scan(**_small_inputs(), backend='triton')
+
+
+def test_triton_resources_reads_registers_and_spills_of_a_compiled_kernel(capsys):
+    """tools/analysis/triton_resources.py compiles for sm_90 here (no GPU)
+    and reads ptxas's resource use back from the cubin."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).parents[1] / 'tools' / 'analysis' / 'triton_resources.py'
+    spec = importlib.util.spec_from_file_location('_tool_triton_resources', path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    if tool.find_cuobjdump() is None:
+        pytest.skip("no cuobjdump in Triton's NVIDIA backend")
+    with pytest.raises(SystemExit):
+        tool.parse_args(['--configs', '64:4:fp16'])
+    assert tool.main(['--configs', '16:4:ieee', '--dstate', '16', '--headdim', '16',
+                      '--only', 'states']) == 0
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith('| chunk_states')]
+    assert len(rows) == 1
+    regs, stack, shared = (float(v) for v in rows[0].split('|')[5:8])
+    # A 16 x 16 tile per 128 threads: a few registers each, nothing spilled.
+    assert 16 <= regs <= 255 and stack == 0 and shared >= 0

@@ -1,0 +1,123 @@
+"""Registers, spilled stack and shared memory of the Triton scan's kernels, compiled
+for a GPU architecture on a machine without a GPU.
+
+Triton compiles ahead of time for a named target (ptxas and cuobjdump come
+with Triton's NVIDIA backend), so the resource use that decides a kernel's
+speed can be read before any GPU time is spent: a kernel that spills (stack
+above zero) or needs most of an SM's shared memory runs far below its
+arithmetic. Each row is one kernel of ``patchscale_mm.ops.ssd_triton`` at one
+launch configuration, at Adventurer's mixer sizes (d_state and headdim 64)::
+
+    python tools/analysis/triton_resources.py --arch 90 --configs 64:4:ieee 32:4:tf32
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+from patchscale_mm.ops import ssd_triton
+
+PRECISIONS = ssd_triton.PRECISIONS
+
+
+def parse_config(text: str):
+    """'BT:warps:precision' -> (64, 4, 'ieee')."""
+    parts = text.split(':')
+    if (len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit()
+            or parts[2] not in PRECISIONS):
+        raise argparse.ArgumentTypeError(
+            f'config {text!r}: expected BT:warps:precision, e.g. 64:4:ieee, with precision '
+            f'one of {", ".join(PRECISIONS)}')
+    return int(parts[0]), int(parts[1]), parts[2]
+
+
+def kernels(bt: int, precision: str, dstate: int, headdim: int):
+    """(name, jit function, constexpr arguments) of every kernel of one call."""
+    common = dict(BT=bt, BN=max(16, dstate), PREC=precision)
+    yield 'chunk_states (dy)', ssd_triton._chunk_states_kernel, dict(
+        GRAD=True, HAS_Z=True, BP=min(64, headdim), **common)
+    yield 'chunk_outputs', ssd_triton._chunk_outputs_kernel, dict(
+        HAS_D=True, HAS_Z=True, BP=headdim, **common)
+    for later in (True, False):
+        yield f'chunk_grads ({"later" if later else "earlier"} rows)', \
+            ssd_triton._chunk_grads_kernel, dict(ROWS_LATER=later, HAS_D=True, HAS_Z=True,
+                                                 BP=headdim, **common)
+
+
+def compile_usage(fn, constexprs: dict, warps: int, arch: int, cuobjdump: str):
+    """Compiles ``fn`` for sm_<arch>; returns (registers, stack bytes, shared
+    bytes, seconds)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    names = fn.arg_names
+    # Pointers to fp32; sizes as a launch types them below 2**31.
+    signature = {n: 'constexpr' if n in constexprs else '*fp32' if n.endswith('_ptr')
+                 else 'i32' for n in names}
+    src = ASTSource(fn=fn, signature=signature,
+                    constexprs={(names.index(k),): v for k, v in constexprs.items()})
+    start = time.time()
+    compiled = triton.compile(src, target=GPUTarget('cuda', arch, 32),
+                              options=dict(num_warps=warps))
+    seconds = time.time() - start
+    with tempfile.NamedTemporaryFile(suffix='.cubin') as f:
+        f.write(compiled.asm['cubin'])
+        f.flush()
+        usage = subprocess.run([cuobjdump, '-res-usage', f.name], capture_output=True,
+                               text=True, check=True).stdout
+    regs = int(re.search(r'REG:(\d+)', usage).group(1))
+    stack = int(re.search(r'STACK:(\d+)', usage).group(1))
+    return regs, stack, compiled.metadata.shared, seconds
+
+
+def find_cuobjdump():
+    import triton
+    path = os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin',
+                        'cuobjdump')
+    return path if os.access(path, os.X_OK) else None
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--arch', type=int, default=90,
+                        help='compute capability x 10: 80 (A100), 90 (H100/H200)')
+    parser.add_argument('--configs', type=parse_config, nargs='+',
+                        default=[(64, 4, 'ieee'), (32, 4, 'ieee'), (64, 4, 'tf32'),
+                                 (64, 4, 'tf32x3')],
+                        help='launch configurations BT:warps:precision')
+    parser.add_argument('--dstate', type=int, default=64)
+    parser.add_argument('--headdim', type=int, default=64)
+    parser.add_argument('--only', default=None, help='kernels whose name contains this')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    ok, reason = ssd_triton.triton_available()
+    if not ok:
+        sys.exit(f'triton_resources: Triton is not available ({reason})')
+    cuobjdump = find_cuobjdump()
+    if cuobjdump is None:
+        sys.exit("triton_resources: cuobjdump not found in Triton's NVIDIA backend; "
+                 'this needs a Triton built with it (the CUDA wheels are)')
+    print(f'sm_{args.arch}, d_state {args.dstate}, headdim {args.headdim}, '
+          f'Triton {ssd_triton.triton.__version__}\n')
+    print('| kernel | BT | warps | precision | registers | spilled stack B | shared KiB | '
+          'compile s |')
+    print('|---|---|---|---|---|---|---|---|')
+    for bt, warps, precision in args.configs:
+        for name, fn, constexprs in kernels(bt, precision, args.dstate, args.headdim):
+            if args.only and args.only not in name:
+                continue
+            regs, stack, shared, seconds = compile_usage(fn, constexprs, warps, args.arch,
+                                                         cuobjdump)
+            print(f'| {name} | {bt} | {warps} | {precision} | {regs} | {stack} | '
+                  f'{shared / 1024:.0f} | {seconds:.0f} |', flush=True)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
