@@ -15,10 +15,12 @@ from patchscale_mm.ops.ssd_triton import ssd_scan_triton, triton_available
 pytestmark = pytest.mark.skipif(not triton_available()[0],
                                 reason=f'Triton: {triton_available()[1]}')
 
-# (b, l, h, p, g, n, chunk, D, z, dt_bias, initial_states, dt_limit): every
-# optional input, groups, a chunk of one token block (7, 16, 64), of several
-# with a partial last block (200) and a partial last chunk, headdim and
-# d_state below and above one block, one token.
+# (b, l, h, p, g, n, chunk, D, z, dt_bias, initial_states, dt_limit[,
+# precision]): every optional input, groups, a chunk of one token block (7,
+# 16), of several with a partial last block (64, 200) and a partial last
+# chunk, headdim and d_state below and above one block, one token. The
+# interpreter multiplies in fp32 whatever the precision: the TF32 cases check
+# those precisions' launches (64-token blocks for 'tf32x3').
 CASES = {
     'one token': (2, 1, 4, 3, 2, 5, 4, 'head', True, True, True, None),
     'groups, odd sizes': (2, 37, 4, 19, 2, 37, 16, 'channel', True, True, True, None),
@@ -27,6 +29,8 @@ CASES = {
     'dt clamp, d_state 130': (1, 70, 1, 5, 1, 130, 20, 'channel', True, True, False,
                               (0.05, 0.4)),
     'headdim and d_state 64': (2, 300, 2, 64, 2, 64, 64, 'head', True, True, True, None),
+    'tf32x3 launch': (1, 450, 2, 16, 1, 16, 200, 'head', True, True, True, None, 'tf32x3'),
+    'tf32 launch': (1, 150, 2, 16, 2, 16, 128, None, True, False, True, None, 'tf32'),
 }
 
 RUNNER = r'''
@@ -61,11 +65,13 @@ def outputs_and_grads(fn, inp, dtype, **kw):
     return {k: v.detach().double() for k, v in out.items()}
 
 results = {}
-for name, (b, l, h, p, g, n, chunk, D, z, bias, init, limit) in json.loads(sys.argv[1]).items():
+for name, case in json.loads(sys.argv[1]).items():
+    b, l, h, p, g, n, chunk, D, z, bias, init, limit = case[:12]
     inp = inputs(b, l, h, p, g, n, D, z, bias, init, seed=l)
     kw = {} if limit is None else dict(dt_limit=tuple(limit))
     ref = outputs_and_grads(ssd_scan_ref, inp, torch.float64, **kw)
-    got = outputs_and_grads(ssd_scan_triton, inp, torch.float32, chunk_size=chunk, **kw)
+    got = outputs_and_grads(ssd_scan_triton, inp, torch.float32, chunk_size=chunk,
+                            precision=(case[12:] or ['ieee'])[0], **kw)
     # fp32 tolerance of the other scan tests: rtol 6e-4, atol 2e-3.
     errs = {k: ((got[k] - r).abs() / (2e-3 + 6e-4 * r.abs())).max().item()
             for k, r in ref.items()}
@@ -81,6 +87,24 @@ with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, la
     ssd_scan_triton(**inp, chunk_size=chunk)
 extra = sorted(tuple(t.shape) for t in saved if not any(t is v for v in inp.values()))
 results['saved beyond inputs'] = extra
+
+# bf16 activations: computed in fp32, y and each gradient in its input's dtype.
+raw = inputs(2, 30, 2, 8, 1, 16, 'head', True, True, True, seed=5)
+half = {k: v.to(torch.bfloat16) if k in ('x', 'B', 'C', 'z') else v.float()
+        for k, v in raw.items()}
+lo = {k: v.detach().requires_grad_() for k, v in half.items()}
+hi = {k: v.detach().float().requires_grad_() for k, v in half.items()}
+y_lo = ssd_scan_triton(**lo, chunk_size=16)
+y_hi = ssd_scan_triton(**hi, chunk_size=16)
+gy = torch.randn(y_hi.shape, generator=torch.Generator().manual_seed(2))
+y_lo.backward(gy.to(torch.bfloat16))
+y_hi.backward(gy)
+results['bf16'] = dict(
+    dtypes={k: str(v.grad.dtype) for k, v in lo.items()} | {'y': str(y_lo.dtype)},
+    # Only the rounding of y and dy to bf16 separates the two runs.
+    err=max(((a.grad.float() - b.grad).abs().max() / b.grad.abs().max()).item()
+            for a, b in zip(lo.values(), hi.values())),
+    y_err=((y_lo.float() - y_hi).abs().max() / y_hi.abs().max()).item())
 print('RESULTS' + json.dumps(results))
 '''
 
@@ -108,6 +132,17 @@ def test_triton_scan_matches_the_sequential_reference(interpreted, case):
 def test_triton_scan_keeps_one_state_per_chunk_for_backward(interpreted):
     b, h, p, n, chunks = 2, 3, 8, 16, 3  # l 40 in chunks of 16
     assert interpreted['saved beyond inputs'] == sorted([[b, h, chunks, n, p], [b, h, p, n]])
+
+
+def test_triton_scan_keeps_bf16_activations_in_bf16(interpreted):
+    result = interpreted['bf16']
+    assert result['dtypes'] == dict(x='torch.bfloat16', dt='torch.float32',
+                                    A='torch.float32', B='torch.bfloat16',
+                                    C='torch.bfloat16', D='torch.float32',
+                                    z='torch.bfloat16', dt_bias='torch.float32',
+                                    initial_states='torch.float32', y='torch.bfloat16')
+    # bf16 keeps 8 bits: relative rounding 2**-8, summed over a few terms.
+    assert result['y_err'] < 2**-7 and result['err'] < 2**-5
 
 
 def _small_inputs(dtype=torch.float32):
@@ -141,10 +176,11 @@ def test_triton_resources_reads_registers_and_spills_of_a_compiled_kernel(capsys
         pytest.skip("no cuobjdump in Triton's NVIDIA backend")
     with pytest.raises(SystemExit):
         tool.parse_args(['--configs', '64:4:fp16'])
+    assert tool.parse_args(['--configs', '64:8:tf32:1']).configs == [(64, 8, 'tf32', 1)]
     assert tool.main(['--configs', '16:4:ieee', '--dstate', '16', '--headdim', '16',
                       '--only', 'states']) == 0
     rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith('| chunk_states')]
     assert len(rows) == 1
-    regs, stack, shared = (float(v) for v in rows[0].split('|')[5:8])
+    regs, stack, shared = (float(v) for v in rows[0].split('|')[6:9])
     # A 16 x 16 tile per 128 threads: a few registers each, nothing spilled.
     assert 16 <= regs <= 255 and stack == 0 and shared >= 0

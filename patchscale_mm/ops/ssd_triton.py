@@ -43,12 +43,18 @@ except Exception as e:  # ImportError, or a Triton that does not match torch
     triton = tl = None
     _IMPORT_ERROR = f'{type(e).__name__}: {e}'.splitlines()[0]
 
-__all__ = ['ssd_scan_triton', 'triton_available', 'PRECISIONS']
+__all__ = ['ssd_scan_triton', 'triton_available', 'PRECISIONS', 'BLOCK_LAUNCH']
 
 # tl.dot's input_precision: 'ieee' multiplies in fp32; 'tf32' rounds the
 # factors to TF32 (10-bit mantissa, as mamba_ssm's default); 'tf32x3' splits
 # each factor into two TF32 parts, near fp32 at three times TF32's work.
 PRECISIONS = ('ieee', 'tf32', 'tf32x3')
+
+# How the block kernels launch, per precision: (tokens per block, warps,
+# software-pipeline stages). Those that spill fewest registers on sm_90 of
+# the configurations tools/analysis/triton_resources.py compiles
+# (docs/benchmarks.md); not yet timed on a GPU.
+BLOCK_LAUNCH = {'ieee': (32, 4, 1), 'tf32': (32, 4, 3), 'tf32x3': (64, 8, 1)}
 
 
 def triton_available() -> Tuple[bool, Optional[str]]:
@@ -73,10 +79,25 @@ if triton is not None:
         return tl.exp(tl.where(keep, diff, float('-inf')))
 
     @triton.jit
-    def _load_rows(ptr, row_offs, ok_rows, cols, ncols):
-        """A (rows, cols) block; rows start at ``row_offs``, masked to zero."""
-        mask = ok_rows[:, None] & (cols[None, :] < ncols)
-        return tl.load(ptr + row_offs[:, None] + cols[None, :], mask=mask, other=0.)
+    def _chunk_origin(bh, c, seqlen, nheads, heads_per_group, headdim, dstate, chunk, lpad):
+        """Where chunk c of (batch x head) bh starts, as 64-bit element
+        offsets into the (b, l, h, p), (b, l, g, n) and (b, h, lpad) tensors,
+        and how many tokens it has. Offsets within a chunk fit in 32 bits (the
+        caller checks), so every tile's addresses are one 64-bit base and
+        32-bit offsets: half the registers of 64-bit offsets per element."""
+        b, h = bh // nheads, bh % nheads
+        row = b * seqlen + c * chunk
+        x0 = (row * nheads + h) * headdim
+        bc0 = (row * (nheads // heads_per_group) + h // heads_per_group) * dstate
+        t0 = bh * lpad + c * chunk
+        return x0, bc0, t0, tl.minimum(seqlen - c * chunk, chunk).to(tl.int32), h
+
+    @triton.jit
+    def _tile(ptr, t, ok, stride, cols, ncols):
+        """Rows t (tokens of a chunk, 32-bit) of a row-major tensor from ``ptr``,
+        columns ``cols``; masked to zero."""
+        mask = ok[:, None] & (cols[None, :] < ncols)
+        return tl.load(ptr + t[:, None] * stride + cols[None, :], mask=mask, other=0.)
 
     @triton.jit
     def _gated_dout(dout_ptr, z_ptr, offs, mask, HAS_Z: tl.constexpr):
@@ -88,11 +109,10 @@ if triton is not None:
         return g
 
     @triton.jit
-    def _tokens(c, block, chunk, seqlen, BT: tl.constexpr):
-        """Positions in the chunk, sequence positions and validity of a block."""
-        t_in = block * BT + tl.arange(0, BT)
-        tok = c * chunk + t_in
-        return t_in, tok, (t_in < chunk) & (tok < seqlen)
+    def _block(blk, n_tok, BT: tl.constexpr):
+        """Token positions in the chunk of block ``blk`` and which exist."""
+        t = blk * BT + tl.arange(0, BT)
+        return t, t < n_tok
 
     @triton.jit
     def _chunk_states_kernel(left_ptr, right_ptr, dtv_ptr, lc_ptr, z_ptr, out_ptr,
@@ -107,34 +127,36 @@ if triton is not None:
         gradient at the chunk's start from its own outputs).
         """
         c = tl.program_id(0).to(tl.int64)
-        pblk = tl.program_id(1)
         bh = tl.program_id(2).to(tl.int64)
-        b, h = bh // nheads, bh % nheads
-        ngroups = nheads // heads_per_group
-        grp = h // heads_per_group
+        x0, bc0, t0, n_tok, h = _chunk_origin(bh, c, seqlen, nheads, heads_per_group,
+                                              headdim, dstate, chunk, lpad)
+        xs, bs = nheads * headdim, (nheads // heads_per_group) * dstate  # row strides
+        left_ptr += bc0
+        right_ptr += x0
+        z_ptr += x0
+        lc_ptr += t0
+        dtv_ptr += t0
         ns = tl.arange(0, BN)
-        ps = pblk * BP + tl.arange(0, BP)
-        t_end = tl.minimum(c * chunk + chunk, seqlen) - 1
-        l_end = tl.load(lc_ptr + bh * lpad + t_end)
+        ps = tl.program_id(1) * BP + tl.arange(0, BP)
+        l_end = tl.load(lc_ptr + n_tok - 1)
         acc = tl.zeros((BN, BP), dtype=tl.float32)
-        for blk in range(0, tl.cdiv(chunk, BT)):
-            _, tok, ok = _tokens(c, blk, chunk, seqlen, BT)
-            row = b * seqlen + tok
-            left = _load_rows(left_ptr, (row * ngroups + grp) * dstate, ok, ns, dstate)
-            l_tok = tl.load(lc_ptr + bh * lpad + tok, mask=ok, other=0.)
-            xoffs = (row * nheads + h) * headdim
+        for blk in range(0, tl.cdiv(n_tok, BT)):
+            t, ok = _block(blk, n_tok, BT)
+            left = _tile(left_ptr, t, ok, bs, ns, dstate)
+            l_t = tl.load(lc_ptr + t, mask=ok, other=0.)
             if GRAD:
-                right = _gated_dout(right_ptr, z_ptr, xoffs[:, None] + ps[None, :],
+                right = _gated_dout(right_ptr, z_ptr, t[:, None] * xs + ps[None, :],
                                     ok[:, None] & (ps[None, :] < headdim), HAS_Z)
-                w = tl.exp(l_tok)
+                w = tl.exp(l_t)
             else:
-                right = _load_rows(right_ptr, xoffs, ok, ps, headdim)
-                right = right * tl.load(dtv_ptr + bh * lpad + tok, mask=ok, other=0.)[:, None]
-                w = tl.exp(l_end - l_tok)
+                right = _tile(right_ptr, t, ok, xs, ps, headdim)
+                right = right * tl.load(dtv_ptr + t, mask=ok, other=0.)[:, None]
+                w = tl.exp(l_end - l_t)
             w = tl.where(ok, w, 0.)
             acc += tl.dot(tl.trans(left * w[:, None]), right, input_precision=PREC)
-        offs = ((bh * nchunks + c) * dstate + ns[:, None]) * headdim + ps[None, :]
-        tl.store(out_ptr + offs, acc, mask=(ns[:, None] < dstate) & (ps[None, :] < headdim))
+        out_ptr += (bh * nchunks + c) * dstate * headdim
+        tl.store(out_ptr + ns[:, None] * headdim + ps[None, :], acc,
+                 mask=(ns[:, None] < dstate) & (ps[None, :] < headdim))
 
     @triton.jit
     def _pass_states_kernel(states_ptr, decay_ptr, first_ptr, last_ptr, nchunks, dstate,
@@ -152,16 +174,20 @@ if triton is not None:
         e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         ok = e < dstate * headdim
         n, p = e // headdim, e % headdim
-        io = bh * dstate * headdim + p * dstate + n  # (b, h, p, n) layout
+        io = p * dstate + n  # (b, h, p, n) layout
+        first_ptr += bh * dstate * headdim
+        last_ptr += bh * dstate * headdim
+        states_ptr += bh * nchunks * dstate * headdim
+        decay_ptr += bh * nchunks
         s = tl.zeros((BLOCK,), dtype=tl.float32)
         if HAS_FIRST:
             s = tl.load(first_ptr + io, mask=ok, other=0.)
         for i in range(0, nchunks):
             c = nchunks - 1 - i if REVERSE else i
-            offs = (bh * nchunks + c) * dstate * headdim + e
-            own = tl.load(states_ptr + offs, mask=ok, other=0.)
-            tl.store(states_ptr + offs, s, mask=ok)
-            s = tl.load(decay_ptr + bh * nchunks + c) * s + own
+            here = states_ptr + c.to(tl.int64) * dstate * headdim
+            own = tl.load(here + e, mask=ok, other=0.)
+            tl.store(here + e, s, mask=ok)
+            s = tl.load(decay_ptr + c) * s + own
         if HAS_LAST:
             tl.store(last_ptr + io, s, mask=ok)
 
@@ -171,33 +197,38 @@ if triton is not None:
                               chunk, nchunks, lpad, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                               BT: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr,
                               PREC: tl.constexpr):
-        """out = (y + D x) silu(z) for one block of a chunk's tokens."""
+        """out = (y + D x) silu(z) for one block m of a chunk's tokens."""
         nblk = tl.cdiv(chunk, BT)
         c = (tl.program_id(0) // nblk).to(tl.int64)
         mblk = tl.program_id(0) % nblk
         bh = tl.program_id(1).to(tl.int64)
-        b, h = bh // nheads, bh % nheads
-        ngroups = nheads // heads_per_group
-        grp = h // heads_per_group
+        x0, bc0, t0, n_tok, h = _chunk_origin(bh, c, seqlen, nheads, heads_per_group,
+                                              headdim, dstate, chunk, lpad)
+        xs, bs = nheads * headdim, (nheads // heads_per_group) * dstate
+        x_ptr += x0
+        z_ptr += x0
+        out_ptr += x0
+        B_ptr += bc0
+        C_ptr += bc0
+        lc_ptr += t0
+        dtv_ptr += t0
+        states_ptr += (bh * nchunks + c) * dstate * headdim
         ns, ps = tl.arange(0, BN), tl.arange(0, BP)
-        t_m, tok_m, ok_m = _tokens(c, mblk, chunk, seqlen, BT)
-        row_m = b * seqlen + tok_m
-        l_m = tl.load(lc_ptr + bh * lpad + tok_m, mask=ok_m, other=0.)
-        C_m = _load_rows(C_ptr, (row_m * ngroups + grp) * dstate, ok_m, ns, dstate)
-        S = _load_rows(states_ptr, ((bh * nchunks + c) * dstate + ns) * headdim,
-                       ns < dstate, ps, headdim)
+        t_m, ok_m = _block(mblk, n_tok, BT)
+        l_m = tl.load(lc_ptr + t_m, mask=ok_m, other=0.)
+        C_m = _tile(C_ptr, t_m, ok_m, bs, ns, dstate)
+        S = _tile(states_ptr, ns, ns < dstate, headdim, ps, headdim)  # (n, p)
         y = tl.dot(C_m, S, input_precision=PREC) * tl.exp(l_m)[:, None]
         for kblk in range(0, mblk + 1):
-            t_k, tok_k, ok_k = _tokens(c, kblk, chunk, seqlen, BT)
-            row_k = b * seqlen + tok_k
-            B_k = _load_rows(B_ptr, (row_k * ngroups + grp) * dstate, ok_k, ns, dstate)
-            u_k = _load_rows(x_ptr, (row_k * nheads + h) * headdim, ok_k, ps, headdim)
-            u_k = u_k * tl.load(dtv_ptr + bh * lpad + tok_k, mask=ok_k, other=0.)[:, None]
-            l_k = tl.load(lc_ptr + bh * lpad + tok_k, mask=ok_k, other=0.)
+            t_k, ok_k = _block(kblk, n_tok, BT)
+            B_k = _tile(B_ptr, t_k, ok_k, bs, ns, dstate)
+            u_k = _tile(x_ptr, t_k, ok_k, xs, ps, headdim)
+            u_k = u_k * tl.load(dtv_ptr + t_k, mask=ok_k, other=0.)[:, None]
+            l_k = tl.load(lc_ptr + t_k, mask=ok_k, other=0.)
             CB = tl.dot(C_m, tl.trans(B_k), input_precision=PREC)
             CB = CB * _decay(l_m, l_k, t_m, t_k, ok_m, ok_k, True)
             y += tl.dot(CB, u_k, input_precision=PREC)
-        xoffs = ((row_m * nheads + h) * headdim)[:, None] + ps[None, :]
+        xoffs = t_m[:, None] * xs + ps[None, :]
         mask = ok_m[:, None] & (ps[None, :] < headdim)
         if HAS_D:
             x_m = tl.load(x_ptr + xoffs, mask=mask, other=0.)
@@ -239,43 +270,48 @@ if triton is not None:
         c = (tl.program_id(0) // nblk).to(tl.int64)
         mblk = tl.program_id(0) % nblk
         bh = tl.program_id(1).to(tl.int64)
-        b, h = bh // nheads, bh % nheads
-        ngroups = nheads // heads_per_group
-        grp = h // heads_per_group
+        x0, bc0, t0, n_tok, h = _chunk_origin(bh, c, seqlen, nheads, heads_per_group,
+                                              headdim, dstate, chunk, lpad)
+        xs, bs = nheads * headdim, (nheads // heads_per_group) * dstate
+        x_ptr += x0
+        z_ptr += x0
+        dout_ptr += x0
+        B_ptr += bc0
+        C_ptr += bc0
+        lc_ptr += t0
+        dtv_ptr += t0
         ns, ps = tl.arange(0, BN), tl.arange(0, BP)
         n_ok, p_ok = ns < dstate, ps < headdim
-        t_m, tok_m, ok_m = _tokens(c, mblk, chunk, seqlen, BT)
-        row_m = b * seqlen + tok_m
-        bc_m = (row_m * ngroups + grp) * dstate
-        xoffs = ((row_m * nheads + h) * headdim)[:, None] + ps[None, :]
+        t_m, ok_m = _block(mblk, n_tok, BT)
+        xoffs = t_m[:, None] * xs + ps[None, :]
+        noffs = t_m[:, None] * bs + ns[None, :]
         xmask = ok_m[:, None] & p_ok[None, :]
         nmask = ok_m[:, None] & n_ok[None, :]
-        l_m = tl.load(lc_ptr + bh * lpad + tok_m, mask=ok_m, other=0.)
-        soffs = ((bh * nchunks + c) * dstate + ns) * headdim
+        l_m = tl.load(lc_ptr + t_m, mask=ok_m, other=0.)
+        state0 = (bh * nchunks + c) * dstate * headdim
 
         if ROWS_LATER:
-            C_m = _load_rows(C_ptr, bc_m, ok_m, ns, dstate)
+            C_m = _tile(C_ptr, t_m, ok_m, bs, ns, dstate)
             g_m = _gated_dout(dout_ptr, z_ptr, xoffs, xmask, HAS_Z)
-            S = _load_rows(states_ptr, soffs, n_ok, ps, headdim)  # (n, p)
+            S = _tile(states_ptr + state0, ns, n_ok, headdim, ps, headdim)  # (n, p)
             w_start = tl.where(ok_m, tl.exp(l_m), 0.)
             y = tl.dot(C_m, S, input_precision=PREC) * w_start[:, None]
             dC = tl.dot(g_m, tl.trans(S), input_precision=PREC) * w_start[:, None]
             dl = tl.sum(g_m * y, axis=1)
             for kblk in range(0, mblk + 1):
-                t_k, tok_k, ok_k = _tokens(c, kblk, chunk, seqlen, BT)
-                row_k = b * seqlen + tok_k
-                B_k = _load_rows(B_ptr, (row_k * ngroups + grp) * dstate, ok_k, ns, dstate)
-                u_k = _load_rows(x_ptr, (row_k * nheads + h) * headdim, ok_k, ps, headdim)
-                u_k = u_k * tl.load(dtv_ptr + bh * lpad + tok_k, mask=ok_k, other=0.)[:, None]
-                l_k = tl.load(lc_ptr + bh * lpad + tok_k, mask=ok_k, other=0.)
+                t_k, ok_k = _block(kblk, n_tok, BT)
+                B_k = _tile(B_ptr, t_k, ok_k, bs, ns, dstate)
+                u_k = _tile(x_ptr, t_k, ok_k, xs, ps, headdim)
+                u_k = u_k * tl.load(dtv_ptr + t_k, mask=ok_k, other=0.)[:, None]
+                l_k = tl.load(lc_ptr + t_k, mask=ok_k, other=0.)
                 decay = _decay(l_m, l_k, t_m, t_k, ok_m, ok_k, True)
                 M = tl.dot(C_m, tl.trans(B_k), input_precision=PREC) * decay
                 gu = tl.dot(g_m, tl.trans(u_k), input_precision=PREC)
                 y += tl.dot(M, u_k, input_precision=PREC)
                 dC += tl.dot(gu * decay, B_k, input_precision=PREC)
                 dl += tl.sum(M * gu, axis=1)
-            tl.atomic_add(dC_ptr + bc_m[:, None] + ns[None, :], dC, mask=nmask)
-            tl.atomic_add(dl_ptr + bh * lpad + tok_m, dl, mask=ok_m)
+            tl.atomic_add(dC_ptr + bc0 + noffs, dC, mask=nmask)
+            tl.atomic_add(dl_ptr + t0 + t_m, dl, mask=ok_m)
             if HAS_D:
                 x_m = tl.load(x_ptr + xoffs, mask=xmask, other=0.)
                 D_h = tl.load(D_ptr + h * headdim + ps, mask=p_ok, other=0.)
@@ -285,40 +321,38 @@ if triton is not None:
                 zz = tl.load(z_ptr + xoffs, mask=xmask, other=0.)
                 dy = tl.load(dout_ptr + xoffs, mask=xmask, other=0.)
                 sg = tl.sigmoid(zz)
-                tl.store(dz_ptr + xoffs, dy * y * sg * (1. + zz * (1. - sg)), mask=xmask)
+                tl.store(dz_ptr + x0 + xoffs, dy * y * sg * (1. + zz * (1. - sg)), mask=xmask)
         else:
-            t_end = tl.minimum(c * chunk + chunk, seqlen) - 1
-            l_end = tl.load(lc_ptr + bh * lpad + t_end)
-            dtv_m = tl.load(dtv_ptr + bh * lpad + tok_m, mask=ok_m, other=0.)
-            B_m = _load_rows(B_ptr, bc_m, ok_m, ns, dstate)
+            l_end = tl.load(lc_ptr + n_tok - 1)
+            dtv_m = tl.load(dtv_ptr + t_m, mask=ok_m, other=0.)
+            B_m = _tile(B_ptr, t_m, ok_m, bs, ns, dstate)
             x_m = tl.load(x_ptr + xoffs, mask=xmask, other=0.)
             u_m = x_m * dtv_m[:, None]
-            dS = _load_rows(dstates_ptr, soffs, n_ok, ps, headdim)  # (n, p)
+            dS = _tile(dstates_ptr + state0, ns, n_ok, headdim, ps, headdim)  # (n, p)
             w_end = tl.where(ok_m, tl.exp(l_end - l_m), 0.)
             du = tl.dot(B_m, dS, input_precision=PREC) * w_end[:, None]
             dB = tl.dot(u_m, tl.trans(dS), input_precision=PREC) * w_end[:, None]
             dl = -tl.sum(u_m * du, axis=1)
-            for jblk in range(mblk, tl.cdiv(chunk, BT)):
-                t_j, tok_j, ok_j = _tokens(c, jblk, chunk, seqlen, BT)
-                row_j = b * seqlen + tok_j
-                C_j = _load_rows(C_ptr, (row_j * ngroups + grp) * dstate, ok_j, ns, dstate)
-                joffs = ((row_j * nheads + h) * headdim)[:, None] + ps[None, :]
-                g_j = _gated_dout(dout_ptr, z_ptr, joffs, ok_j[:, None] & p_ok[None, :], HAS_Z)
-                l_j = tl.load(lc_ptr + bh * lpad + tok_j, mask=ok_j, other=0.)
+            for jblk in range(mblk, nblk):
+                t_j, ok_j = _block(jblk, n_tok, BT)
+                C_j = _tile(C_ptr, t_j, ok_j, bs, ns, dstate)
+                g_j = _gated_dout(dout_ptr, z_ptr, t_j[:, None] * xs + ps[None, :],
+                                  ok_j[:, None] & p_ok[None, :], HAS_Z)
+                l_j = tl.load(lc_ptr + t_j, mask=ok_j, other=0.)
                 decay = _decay(l_m, l_j, t_m, t_j, ok_m, ok_j, False)  # (m, j)
                 MT = tl.dot(B_m, tl.trans(C_j), input_precision=PREC) * decay
                 ug = tl.dot(u_m, tl.trans(g_j), input_precision=PREC)
                 du += tl.dot(MT, g_j, input_precision=PREC)
                 dB += tl.dot(ug * decay, C_j, input_precision=PREC)
                 dl -= tl.sum(MT * ug, axis=1)
-            tl.atomic_add(dB_ptr + bc_m[:, None] + ns[None, :], dB, mask=nmask)
-            tl.atomic_add(dl_ptr + bh * lpad + tok_m, dl, mask=ok_m)
-            tl.store(dtx_ptr + bh * lpad + tok_m, tl.sum(x_m * du, axis=1), mask=ok_m)
+            tl.atomic_add(dB_ptr + bc0 + noffs, dB, mask=nmask)
+            tl.atomic_add(dl_ptr + t0 + t_m, dl, mask=ok_m)
+            tl.store(dtx_ptr + t0 + t_m, tl.sum(x_m * du, axis=1), mask=ok_m)
             dx = du * dtv_m[:, None]
             if HAS_D:
                 g_m = _gated_dout(dout_ptr, z_ptr, xoffs, xmask, HAS_Z)
                 dx += g_m * tl.load(D_ptr + h * headdim + ps, mask=p_ok, other=0.)[None, :]
-            tl.store(dx_ptr + xoffs, dx, mask=xmask)
+            tl.store(dx_ptr + x0 + xoffs, dx, mask=xmask)
 
 
 # ---------------------------------------------------------------------------
@@ -332,16 +366,23 @@ def _pow2(n: int, least: int = 16) -> int:
 class _Geometry:
     """Sizes and launch blocks of one call."""
 
-    def __init__(self, x: Tensor, B: Tensor, chunk_size: int):
+    def __init__(self, x: Tensor, B: Tensor, chunk_size: int, precision: str):
         self.b, self.l, self.h, self.p = x.shape
         self.g, self.n = B.shape[2:]
         self.chunk = max(1, min(chunk_size, self.l))
         self.nchunks = -(-self.l // self.chunk)
         self.lpad = self.nchunks * self.chunk
-        self.BT = min(64, _pow2(self.chunk))  # tokens per block
+        bt, warps, stages = BLOCK_LAUNCH[precision]
+        self.BT = min(bt, _pow2(self.chunk))  # tokens per block
+        self.launch = dict(num_warps=warps, num_stages=stages)
         self.BN, self.BP = _pow2(self.n), _pow2(self.p)
         self.BP_states = min(64, self.BP)  # headdim tile of the state kernels
         self.nblk = -(-self.chunk // self.BT)
+        # Offsets within a chunk are 32-bit (_chunk_origin).
+        if self.chunk * max(self.h * self.p, self.g * self.n) >= 2**31:
+            raise ValueError(f'ssd_scan triton: chunk_size {self.chunk} x {self.h * self.p} '
+                             'channels per token reaches 2**31 elements; use a smaller '
+                             'chunk_size')
 
     def sizes(self):
         """The size arguments every kernel takes after its pointers."""
@@ -363,7 +404,7 @@ def _chunk_states(left, right, dt_p, lc, z, geo, grad, precision):
     _chunk_states_kernel[grid](left, right, dt_p, lc, z if z is not None else right, out,
                                *geo.sizes(), geo.nchunks, geo.lpad, GRAD=grad,
                                HAS_Z=z is not None, BT=geo.BT, BN=geo.BN,
-                               BP=geo.BP_states, PREC=precision)
+                               BP=geo.BP_states, PREC=precision, **geo.launch)
     return out
 
 
@@ -399,7 +440,7 @@ class SSDScanTritonFn(torch.autograd.Function):
                 return_final_states, chunk_size, precision):
         xf, dtv, Af, Bf, Cf, Df, zf, init = _prepare(x, dt, A, B, C, D, z, dt_bias,
                                                      initial_states, dt_softplus, dt_limit)
-        geo = _Geometry(x, B, chunk_size)
+        geo = _Geometry(x, B, chunk_size, precision)
         dt_p, lc, decay = _log_decays(dtv, Af, geo)
         states = _chunk_states(Bf, xf, dt_p, lc, None, geo, False, precision)
         final = xf.new_empty(geo.b, geo.h, geo.p, geo.n)
@@ -410,7 +451,7 @@ class SSDScanTritonFn(torch.autograd.Function):
                                     zf if zf is not None else xf, states, out, *geo.sizes(),
                                     geo.nchunks, geo.lpad, HAS_D=Df is not None,
                                     HAS_Z=zf is not None, BT=geo.BT, BN=geo.BN, BP=geo.BP,
-                                    PREC=precision)
+                                    PREC=precision, **geo.launch)
         ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_states, states, final)
         ctx.config = (dt_softplus, dt_limit, chunk_size, precision)
         ctx.set_materialize_grads(False)
@@ -423,7 +464,7 @@ class SSDScanTritonFn(torch.autograd.Function):
         dt_softplus, dt_limit, chunk_size, precision = ctx.config
         xf, dtv, Af, Bf, Cf, Df, zf, init = _prepare(x, dt, A, B, C, D, z, dt_bias,
                                                      initial_states, dt_softplus, dt_limit)
-        geo = _Geometry(x, B, chunk_size)
+        geo = _Geometry(x, B, chunk_size, precision)
         dout = torch.zeros_like(xf) if dout is None else dout.to(torch.float32).contiguous()
         if dfinal is not None:
             dfinal = dfinal.to(torch.float32).contiguous()
@@ -447,7 +488,7 @@ class SSDScanTritonFn(torch.autograd.Function):
                                       dD if dD is not None else dx, dl, dtx, *geo.sizes(),
                                       geo.nchunks, geo.lpad, ROWS_LATER=rows_later,
                                       HAS_D=Df is not None, HAS_Z=zf is not None, BT=geo.BT,
-                                      BN=geo.BN, BP=geo.BP, PREC=precision)
+                                      BN=geo.BN, BP=geo.BP, PREC=precision, **geo.launch)
 
         # d/d(dt A) of a token is the sum of d/dl over it and the chunk's later
         # tokens, plus <dS, s_end>, through the chunk's end state.

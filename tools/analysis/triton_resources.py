@@ -8,7 +8,10 @@ above zero) or needs most of an SM's shared memory runs far below its
 arithmetic. Each row is one kernel of ``patchscale_mm.ops.ssd_triton`` at one
 launch configuration, at Adventurer's mixer sizes (d_state and headdim 64)::
 
-    python tools/analysis/triton_resources.py --arch 90 --configs 64:4:ieee 32:4:tf32
+    python tools/analysis/triton_resources.py --arch 90 --configs 64:4:ieee 32:4:tf32:3
+
+Without ``--configs`` it compiles the launch each precision uses
+(``ssd_triton.BLOCK_LAUNCH``).
 """
 import argparse
 import os
@@ -24,14 +27,15 @@ PRECISIONS = ssd_triton.PRECISIONS
 
 
 def parse_config(text: str):
-    """'BT:warps:precision' -> (64, 4, 'ieee')."""
+    """'BT:warps:precision[:stages]' -> (64, 4, 'ieee', 3); stages default to
+    Triton's 3."""
     parts = text.split(':')
-    if (len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit()
+    if (len(parts) not in (3, 4) or not all(p.isdigit() for p in parts[:2] + parts[3:])
             or parts[2] not in PRECISIONS):
         raise argparse.ArgumentTypeError(
-            f'config {text!r}: expected BT:warps:precision, e.g. 64:4:ieee, with precision '
-            f'one of {", ".join(PRECISIONS)}')
-    return int(parts[0]), int(parts[1]), parts[2]
+            f'config {text!r}: expected BT:warps:precision[:stages], e.g. 64:4:ieee:1, with '
+            f'precision one of {", ".join(PRECISIONS)}')
+    return int(parts[0]), int(parts[1]), parts[2], int(parts[3]) if len(parts) == 4 else 3
 
 
 def kernels(bt: int, precision: str, dstate: int, headdim: int):
@@ -47,7 +51,7 @@ def kernels(bt: int, precision: str, dstate: int, headdim: int):
                                                  BP=headdim, **common)
 
 
-def compile_usage(fn, constexprs: dict, warps: int, arch: int, cuobjdump: str):
+def compile_usage(fn, constexprs: dict, warps: int, stages: int, arch: int, cuobjdump: str):
     """Compiles ``fn`` for sm_<arch>; returns (registers, stack bytes, shared
     bytes, seconds)."""
     import triton
@@ -61,7 +65,7 @@ def compile_usage(fn, constexprs: dict, warps: int, arch: int, cuobjdump: str):
                     constexprs={(names.index(k),): v for k, v in constexprs.items()})
     start = time.time()
     compiled = triton.compile(src, target=GPUTarget('cuda', arch, 32),
-                              options=dict(num_warps=warps))
+                              options=dict(num_warps=warps, num_stages=stages))
     seconds = time.time() - start
     with tempfile.NamedTemporaryFile(suffix='.cubin') as f:
         f.write(compiled.asm['cubin'])
@@ -85,9 +89,10 @@ def parse_args(argv=None):
     parser.add_argument('--arch', type=int, default=90,
                         help='compute capability x 10: 80 (A100), 90 (H100/H200)')
     parser.add_argument('--configs', type=parse_config, nargs='+',
-                        default=[(64, 4, 'ieee'), (32, 4, 'ieee'), (64, 4, 'tf32'),
-                                 (64, 4, 'tf32x3')],
-                        help='launch configurations BT:warps:precision')
+                        default=[(bt, warps, precision, stages) for precision, (bt, warps, stages)
+                                 in ssd_triton.BLOCK_LAUNCH.items()],
+                        help='launch configurations BT:warps:precision[:stages] (default: '
+                        "the scan's own, per precision)")
     parser.add_argument('--dstate', type=int, default=64)
     parser.add_argument('--headdim', type=int, default=64)
     parser.add_argument('--only', default=None, help='kernels whose name contains this')
@@ -105,16 +110,16 @@ def main(argv=None):
                  'this needs a Triton built with it (the CUDA wheels are)')
     print(f'sm_{args.arch}, d_state {args.dstate}, headdim {args.headdim}, '
           f'Triton {ssd_triton.triton.__version__}\n')
-    print('| kernel | BT | warps | precision | registers | spilled stack B | shared KiB | '
-          'compile s |')
-    print('|---|---|---|---|---|---|---|---|')
-    for bt, warps, precision in args.configs:
+    print('| kernel | BT | warps | stages | precision | registers | spilled stack B | '
+          'shared KiB | compile s |')
+    print('|---|---|---|---|---|---|---|---|---|')
+    for bt, warps, precision, stages in args.configs:
         for name, fn, constexprs in kernels(bt, precision, args.dstate, args.headdim):
             if args.only and args.only not in name:
                 continue
-            regs, stack, shared, seconds = compile_usage(fn, constexprs, warps, args.arch,
-                                                         cuobjdump)
-            print(f'| {name} | {bt} | {warps} | {precision} | {regs} | {stack} | '
+            regs, stack, shared, seconds = compile_usage(fn, constexprs, warps, stages,
+                                                         args.arch, cuobjdump)
+            print(f'| {name} | {bt} | {warps} | {stages} | {precision} | {regs} | {stack} | '
                   f'{shared / 1024:.0f} | {seconds:.0f} |', flush=True)
     return 0
 
