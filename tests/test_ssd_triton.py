@@ -158,6 +158,12 @@ def test_triton_scan_refuses_bad_options_in_one_line():
         ssd_scan_triton(**_small_inputs(torch.float64))
 
 
+def test_triton_precision_follows_the_environment(monkeypatch):
+    monkeypatch.setenv('PATCHSCALE_TRITON_PRECISION', 'bf16')
+    with pytest.raises(ValueError, match=r"\$PATCHSCALE_TRITON_PRECISION\), got 'bf16'"):
+        ssd_scan_triton(**_small_inputs())
+
+
 def test_triton_backend_needs_cuda_tensors():
     with pytest.raises(RuntimeError, match="backend 'triton' needs CUDA tensors"):
         ssd_scan(**_small_inputs(), backend='triton')
@@ -184,3 +190,46 @@ def test_triton_resources_reads_registers_and_spills_of_a_compiled_kernel(capsys
     regs, stack, shared = (float(v) for v in rows[0].split('|')[6:9])
     # A 16 x 16 tile per 128 threads: a few registers each, nothing spilled.
     assert 16 <= regs <= 255 and stack == 0 and shared >= 0
+
+
+SMOKE = r'''
+import sys, types
+import torch
+sys.path.insert(0, sys.argv[1])
+import check_cuda_scan as tool
+tool.DEVICE = 'cpu'
+torch.cuda.is_available = lambda: True
+torch.cuda.get_device_properties = lambda i: types.SimpleNamespace(name='CPU smoke',
+                                                                   total_memory=0)
+tool.CASES = tool.CASES[:3]
+tool.LONG_CASE = (2, 70, 2, 16, 24)
+tool.MIXERS = {'tiny': 2}
+rc = tool.main(['--lengths', '40', '--chunk', '16', '--batches', '1', '2', '--no-mamba',
+                '--impls', 'triton', 'triton_tf32', '--sections', 'reference', 'lengths',
+                'speed', 'profile'])
+report = tool.Report()
+tool.check_overflow(report, 16, ['triton'], batch=2, seqlen=40,
+                    cfg=dict(d_inner=32, heads=2, headdim=16, d_state=16))
+tool.time_training_step(report, ['cpp', 'torch'], arch='t', img=32, patch=8)
+print('RC', rc, int(report.failed))
+'''
+
+
+def test_check_cuda_scan_runs_every_section_on_cpu():
+    """The prepared GPU check, section by section, on CPU at small sizes
+    (Triton's interpreter for the Triton scan, the C++ kernel and the torch
+    scan for the model step), so that no device time is lost to the
+    script itself."""
+    from pathlib import Path
+    tools = Path(__file__).parents[1] / 'tools' / 'analysis'
+    env = dict(os.environ, TRITON_INTERPRET='1')
+    proc = subprocess.run([sys.executable, '-c', SMOKE, str(tools)], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert 'RC 0 0' in out, out[-3000:]
+    for row in ('| b2 l37 h4 p19 g1 n37 chunk16, triton, fp32 | ok |',
+                '| b2 l37 h4 p19 g1 n37 chunk16, triton_tf32, fp32 | not checked (TF32) |',
+                '| L 40, triton | ok |', '| L 70, batch 2, h 2, p 16, n 24, triton | ok |',
+                '| tiny | 2 | 40 | chunked |', '| triton | ok |', '| cpp | ', '| torch | '):
+        assert row in out, row

@@ -26,7 +26,7 @@ decaying scan, so nothing overflows that the recurrence would not.
 Triton comes with CUDA builds of torch; the module imports without it and
 :func:`triton_available` says why it cannot run.
 """
-import functools
+import os
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -49,6 +49,7 @@ __all__ = ['ssd_scan_triton', 'triton_available', 'PRECISIONS', 'BLOCK_LAUNCH']
 # factors to TF32 (10-bit mantissa, as mamba_ssm's default); 'tf32x3' splits
 # each factor into two TF32 parts, near fp32 at three times TF32's work.
 PRECISIONS = ('ieee', 'tf32', 'tf32x3')
+PRECISION_ENV = 'PATCHSCALE_TRITON_PRECISION'  # the default of ssd_scan_triton's precision
 
 # How the block kernels launch, per precision: (tokens per block, warps,
 # software-pipeline stages). Those that spill fewest registers on sm_90 of
@@ -535,7 +536,7 @@ def ssd_scan_triton(x: Tensor,
                     initial_states: Optional[Tensor] = None,
                     return_final_states: bool = False,
                     chunk_size: int = 256,
-                    precision: str = 'ieee'):
+                    precision: Optional[str] = None):
     """The scan in Triton's block products; arguments as
     :func:`patchscale_mm.ops.ssd_scan_ref`.
 
@@ -543,16 +544,20 @@ def ssd_scan_triton(x: Tensor,
     backend for them). ``chunk_size`` sets the chunk of the block form;
     ``precision`` is tl.dot's input precision (:data:`PRECISIONS`): 'ieee'
     (fp32 products, the default), 'tf32' (mamba_ssm's default, faster on
-    tensor cores, about 1e-3 relative error per product) or 'tf32x3'.
+    tensor cores, about 1e-3 relative error per product) or 'tf32x3'; None
+    reads ``$PATCHSCALE_TRITON_PRECISION``, which is how a model that calls
+    :func:`~patchscale_mm.ops.ssd_scan` with ``backend='triton'`` chooses.
     Shapes are not validated here; :func:`patchscale_mm.ops.ssd_scan` does
     that before dispatching.
     """
     ok, reason = triton_available()
     if not ok:
         raise RuntimeError(f'ssd_scan triton: Triton is not available ({reason})')
+    if precision is None:
+        precision = os.environ.get(PRECISION_ENV) or 'ieee'
     if precision not in PRECISIONS:
-        raise ValueError(f'ssd_scan triton: precision must be one of {PRECISIONS}, '
-                         f'got {precision!r}')
+        raise ValueError(f'ssd_scan triton: precision must be one of {PRECISIONS} '
+                         f'(argument or ${PRECISION_ENV}), got {precision!r}')
     if torch.float64 in (x.dtype, dt.dtype, A.dtype, B.dtype, C.dtype):
         raise ValueError("ssd_scan triton: computes in fp32; for fp64 inputs use "
                          "backend 'cuda' or 'torch'")

@@ -17,7 +17,9 @@ lists the GPU time of each kernel launched by a forward+backward, and
 mixer with its inputs as views of one fused projection, as the model passes
 them (past 2**31 elements in batch x stride); run it once per implementation
 (``--impls mamba_ssm`` last and alone: its 32-bit offsets may end the process
-with an illegal memory access).
+with an illegal memory access); ``step`` times a whole Adventurer-B/1
+training step (224 px, bf16 autocast, activation checkpointing) with each
+scan, mamba-ssm's included.
 
     pip install --no-build-isolation -e .   # builds the CUDA kernel where a GPU is visible
     python tools/analysis/check_cuda_scan.py --out cuda_scan.md
@@ -40,14 +42,17 @@ import os
 import re
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 from patchscale_mm.ops import ssd_scan, ssd_scan_chunked, ssd_scan_ref
 from patchscale_mm.ops.backend import load_kernels
-from patchscale_mm.ops.ssd_triton import ssd_scan_triton, triton_available
+from patchscale_mm.ops.backend import BACKEND_ENV
+from patchscale_mm.ops.ssd_triton import PRECISION_ENV, ssd_scan_triton, triton_available
 
+DEVICE = 'cuda'  # what every section runs on (a CPU smoke test of this script sets 'cpu')
 OURS = ('cuda', 'triton', 'triton_tf32')
 TF32 = ('triton_tf32', 'mamba_ssm')  # products in TF32: errors shown, not checked
 
@@ -63,8 +68,9 @@ CASES = [
 
 
 def make_inputs(b, l, h, p, g, n, D='head', z=True, dt_bias=True, init=True,
-                dtype=torch.float64, device='cuda', seed=0):
+                dtype=torch.float64, device=None, seed=0):
     gen = torch.Generator().manual_seed(seed)
+    device = device or DEVICE
 
     def rnd(*shape, scale=1.0):
         return (torch.randn(*shape, generator=gen) * scale).to(device, dtype)
@@ -111,6 +117,8 @@ def compare(got, ref, rtol, atol):
 def cuda_time(fn, warmup=2, repeats=10):
     """Median milliseconds of fn() by CUDA events; 3 repeats where one call
     takes over 0.2 s."""
+    if DEVICE != 'cuda':  # the script's own smoke test: that it runs, once
+        return _wall_ms(fn)
     for _ in range(warmup):
         fn()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -131,11 +139,35 @@ def cuda_time(fn, warmup=2, repeats=10):
     return statistics.median(times)
 
 
+def _wall_ms(fn):
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
+
+
+def reset_peak():
+    """Starts a peak-memory measurement; returns the bytes allocated now."""
+    if DEVICE != 'cuda':
+        return 0
+    torch.cuda.reset_peak_memory_stats()
+    return torch.cuda.memory_allocated()
+
+
+def peak_mib(since):
+    return (torch.cuda.max_memory_allocated() - since) / 2**20 if DEVICE == 'cuda' else 0.0
+
+
+def synchronize():
+    if DEVICE == 'cuda':
+        torch.cuda.synchronize()
+
+
 def scan_fn(impl, chunk):
     if impl == 'chunked':
         return lambda **kw: ssd_scan_chunked(**kw, chunk_size=chunk)
-    if impl == 'triton_tf32':
-        return lambda **kw: ssd_scan_triton(**kw, chunk_size=chunk, precision='tf32')
+    if impl in ('triton', 'triton_tf32'):
+        precision = 'tf32' if impl == 'triton_tf32' else 'ieee'
+        return lambda **kw: ssd_scan_triton(**kw, chunk_size=chunk, precision=precision)
     return lambda **kw: ssd_scan(**kw, chunk_size=chunk, backend=impl)
 
 
@@ -180,12 +212,12 @@ def check_small_cases(report, impls):
 
 def adventurer_inputs(b, l, h=8, p=64, n=64, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    return dict(x=torch.randn(b, l, h, p, generator=gen).cuda(),
-                dt=(torch.randn(b, l, h, generator=gen) - 2).cuda(),
-                A=-torch.empty(h).uniform_(1, 16, generator=gen).cuda(),
-                B=torch.randn(b, l, 1, n, generator=gen).cuda(),
-                C=torch.randn(b, l, 1, n, generator=gen).cuda(),
-                D=torch.ones(h).cuda(), dt_bias=(torch.randn(h, generator=gen) * 0.1).cuda())
+    inp = dict(x=torch.randn(b, l, h, p, generator=gen),
+               dt=torch.randn(b, l, h, generator=gen) - 2,
+               A=-torch.empty(h).uniform_(1, 16, generator=gen),
+               B=torch.randn(b, l, 1, n, generator=gen), C=torch.randn(b, l, 1, n, generator=gen),
+               D=torch.ones(h), dt_bias=torch.randn(h, generator=gen) * 0.1)
+    return {k: v.to(DEVICE) for k, v in inp.items()}
 
 
 def fp64_reference(inp, chunk):
@@ -205,13 +237,16 @@ def fwd_bwd_step(fn, inp, gy):
     return step
 
 
+# (b, l, h, p, n): per-token states (b l h p n) past 2^31 elements.
+LONG_CASE = (2, 50178, 2, 64, 192)
+
+
 def check_lengths(report, lengths, chunk, impls):
     report('\n### Adventurer-T mixer shape (8 heads x 64, d_state 64, batch 1, fp32) '
            'against the chunked scan in fp64\n')
     report('| case | result | worst err / tol | worst tensor |')
     report('|---|---|---|---|')
-    # The last case: offsets past 2^31 for per-token states (b l h p n).
-    for b, l, h, p, n in [(1, l, 8, 64, 64) for l in lengths] + [(2, 50178, 2, 64, 192)]:
+    for b, l, h, p, n in [(1, l, 8, 64, 64) for l in lengths] + [LONG_CASE]:
         inp = adventurer_inputs(b, l, h, p, n, seed=int(b > 1))
         ref = fp64_reference(inp, chunk)
         label = f'L {l}' if b == 1 else f'L {l}, batch {b}, h {h}, p {p}, n {n}'
@@ -251,10 +286,9 @@ def time_implementations(report, lengths, chunk, impls, batches):
 
                     t_f = cuda_time(fwd)
                     fwd_bwd = fwd_bwd_step(fn, inp, gy)
-                    torch.cuda.reset_peak_memory_stats()
-                    allocated = torch.cuda.memory_allocated()
+                    allocated = reset_peak()
                     t_fb = cuda_time(fwd_bwd)
-                    peak = (torch.cuda.max_memory_allocated() - allocated) / 2**20
+                    peak = peak_mib(allocated)
                     rows[impl] = (t_f, t_fb, peak)
                     del fwd_bwd
                 t_base = rows[base][1]
@@ -330,11 +364,12 @@ def profile_kernels(report, lengths, chunk, impls, repeats=3):
             inp = adventurer_inputs(1, l)
             fwd_bwd = fwd_bwd_step(scan_fn(impl, chunk), inp, torch.randn_like(inp['x']))
             fwd_bwd()
-            torch.cuda.synchronize()
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            synchronize()
+            activity = ProfilerActivity.CUDA if DEVICE == 'cuda' else ProfilerActivity.CPU
+            with profile(activities=[activity]) as prof:
                 for _ in range(repeats):
                     fwd_bwd()
-                torch.cuda.synchronize()
+                synchronize()
             per_kernel = {}
             for event in prof.key_averages():
                 us = getattr(event, 'device_time_total', None)
@@ -366,10 +401,11 @@ def projection_views(proj, cfg=ADV_B):
                 C=C.view(b, l, 1, n), dt=dt)
 
 
-def check_overflow(report, chunk, impls, batch=16, seqlen=50178, cfg=ADV_B, device='cuda'):
+def check_overflow(report, chunk, impls, batch=16, seqlen=50178, cfg=ADV_B, device=None):
     """Every gradient at Adventurer-B's mixer, L 50178, batch 16, inputs as
     views of one projection (dt spans batch x stride = 2.6e9 elements),
     against the chunked scan in fp64, one sample at a time."""
+    device = device or DEVICE
     width = 2 * cfg['d_inner'] + 2 * cfg['d_state'] + cfg['heads']
     gen = torch.Generator().manual_seed(3)
     proj = torch.randn(batch, seqlen, width, generator=gen).to(device)
@@ -395,8 +431,7 @@ def check_overflow(report, chunk, impls, batch=16, seqlen=50178, cfg=ADV_B, devi
     for impl in impls:
         try:
             got = grads(scan_fn(impl, chunk), proj, gy, torch.float32)
-            if device == 'cuda':
-                torch.cuda.synchronize()
+            synchronize()
         except Exception as e:  # e.g. an illegal memory access past 32-bit offsets
             report(f'| {impl} | FAIL | - | {type(e).__name__}: {str(e).splitlines()[0][:80]} |')
             report.failed |= impl != 'mamba_ssm'
@@ -419,8 +454,60 @@ def check_overflow(report, chunk, impls, batch=16, seqlen=50178, cfg=ADV_B, devi
         del got
 
 
-SECTIONS = ('reference', 'mamba', 'lengths', 'speed', 'profile', 'overflow')
-DEFAULT_SECTIONS = SECTIONS[:4]  # profiling and the overflow check are on request
+# What the model's ssd_scan calls run for each implementation: the backend
+# and the Triton precision, through the environment that ssd_scan reads.
+STEP_ENV = {'cuda': ('cuda', None), 'triton': ('triton', 'ieee'),
+            'triton_tf32': ('triton', 'tf32'), 'mamba_ssm': ('mamba_ssm', None)}
+
+
+def time_training_step(report, impls, arch='b', img=224, patch=1, batch=1, repeats=3):
+    """One training step of Adventurer (bf16 autocast, activation
+    checkpointing) with each scan: median time of ``repeats`` after one
+    warm-up, and peak memory."""
+    from patchscale_mm.models import Adventurer
+    torch.manual_seed(0)
+    model = Adventurer(arch=arch, img_size=img, patch_size=patch, with_cp=True).to(DEVICE)
+    image = torch.randn(batch, 3, img, img, device=DEVICE)
+    tokens = (img // patch)**2 + 2
+    report(f'\n### Adventurer-{arch}/{patch} training step ({img} px, {tokens:,} tokens, '
+           f'batch {batch}, bf16 autocast, with_cp; median of {repeats})\n')
+    report('| scan | step s | peak GiB |')
+    report('|---|---|---|')
+
+    def step():
+        with torch.autocast(DEVICE, dtype=torch.bfloat16):
+            out = model(image)[-1]
+        out.float().pow(2).mean().backward()
+        model.zero_grad(set_to_none=True)
+
+    saved = {k: os.environ.get(k) for k in (BACKEND_ENV, PRECISION_ENV)}
+    try:
+        for impl in impls:
+            backend, precision = STEP_ENV.get(impl, (impl, None))
+            os.environ[BACKEND_ENV] = backend
+            os.environ.pop(PRECISION_ENV, None)
+            if precision:
+                os.environ[PRECISION_ENV] = precision
+            step()
+            synchronize()
+            since = reset_peak()
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                step()
+                synchronize()
+                times.append(time.perf_counter() - start)
+            report(f'| {impl} | {statistics.median(times):.3f} | '
+                   f'{peak_mib(since) / 1024:.2f} |')
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None)
+            if v is not None:
+                os.environ[k] = v
+
+
+SECTIONS = ('reference', 'mamba', 'lengths', 'speed', 'profile', 'overflow', 'step')
+DEFAULT_SECTIONS = SECTIONS[:4]  # the others are on request
 
 
 def parse_args(argv=None):
@@ -433,6 +520,9 @@ def parse_args(argv=None):
                         "mamba_ssm only with --sections overflow")
     parser.add_argument('--batches', type=int, nargs='+', default=[1, 8],
                         help='batch sizes of the speed table')
+    parser.add_argument('--step-model', default='b:224:1:1', metavar='ARCH:IMG:PATCH:BATCH',
+                        help='the model of the step section (default: Adventurer-B/1, 224 px, '
+                        'batch 1)')
     parser.add_argument('--no-mamba', action='store_true',
                         help='skip the comparison with mamba-ssm even if installed')
     parser.add_argument('--mamba-ssm-src', type=Path, default=None, metavar='DIR',
@@ -489,6 +579,10 @@ def main(argv=None):
         profile_kernels(report, args.lengths, args.chunk, ours)
     if 'overflow' in args.sections:
         check_overflow(report, args.chunk, args.impls)
+    if 'step' in args.sections:
+        arch, img, patch, batch = args.step_model.split(':')
+        time_training_step(report, ours + (['mamba_ssm'] if with_mamba else []), arch,
+                           int(img), int(patch), int(batch))
     report(f'\n{"FAILED" if report.failed else "All checks passed."}')
     if args.out:
         args.out.write_text('\n'.join(report.lines) + '\n')
