@@ -431,7 +431,8 @@ def check_overflow(report, chunk, impls, batch=16, seqlen=50178, cfg=ADV_B, devi
     for impl in impls:
         try:
             got = grads(scan_fn(impl, chunk), proj, gy, torch.float32)
-            synchronize()
+            if device == 'cuda':
+                torch.cuda.synchronize()
         except Exception as e:  # e.g. an illegal memory access past 32-bit offsets
             report(f'| {impl} | FAIL | - | {type(e).__name__}: {str(e).splitlines()[0][:80]} |')
             report.failed |= impl != 'mamba_ssm'
