@@ -16,7 +16,8 @@ start, ``u_t = dt_t x_t`` and ``S`` the state entering the chunk::
 Forward: (1) :func:`_chunk_states_kernel` gives the state each chunk builds
 from zero; (2) :func:`_pass_states_kernel` turns those into the state
 entering each chunk and the final state, one chunk after another; (3)
-:func:`_chunk_outputs_kernel` gives ``y``. Backward: the same two first
+:func:`_chunk_outputs_kernel` gives ``y`` from ``C B^T`` of each chunk, made
+once per group of heads by one batched matmul (:func:`_chunk_products`). Backward: the same two first
 kernels on ``(C, dy)`` give the gradient at each chunk's end; then
 :func:`_chunk_grads_kernel` gives dx, dz, dB, dC, dD and, per token, the
 derivative of the loss by ``l_t``, whose reverse running sum is the
@@ -55,7 +56,7 @@ PRECISION_ENV = 'PATCHSCALE_TRITON_PRECISION'  # the default of ssd_scan_triton'
 # software-pipeline stages). Those that spill fewest registers on sm_90 of
 # the configurations tools/analysis/triton_resources.py compiles
 # (docs/benchmarks.md); not yet timed on a GPU.
-BLOCK_LAUNCH = {'ieee': (32, 4, 1), 'tf32': (32, 4, 3), 'tf32x3': (64, 8, 1)}
+BLOCK_LAUNCH = {'ieee': (32, 4, 1), 'tf32': (32, 4, 3), 'tf32x3': (32, 4, 1)}
 
 
 def triton_available() -> Tuple[bool, Optional[str]]:
@@ -99,6 +100,20 @@ if triton is not None:
         columns ``cols``; masked to zero."""
         mask = ok[:, None] & (cols[None, :] < ncols)
         return tl.load(ptr + t[:, None] * stride + cols[None, :], mask=mask, other=0.)
+
+    @triton.jit
+    def _tile_t(ptr, t, ok, stride, cols, ncols):
+        """The transpose of a (cols, t) block of a row-major tensor: (t, cols)."""
+        mask = ok[:, None] & (cols[None, :] < ncols)
+        return tl.load(ptr + t[:, None] + cols[None, :] * stride, mask=mask, other=0.)
+
+    @triton.jit
+    def _products_origin(bh, c, nheads, heads_per_group, chunk, nchunks):
+        """Where chunk c's (chunk, chunk) block of C B^T starts for (batch x
+        head) bh in the (b, groups, chunks, chunk, chunk) products."""
+        b, h = bh // nheads, bh % nheads
+        groups = nheads // heads_per_group
+        return ((b * groups + h // heads_per_group) * nchunks + c) * chunk * chunk
 
     @triton.jit
     def _gated_dout(dout_ptr, z_ptr, offs, mask, HAS_Z: tl.constexpr):
@@ -193,7 +208,7 @@ if triton is not None:
             tl.store(last_ptr + io, s, mask=ok)
 
     @triton.jit
-    def _chunk_outputs_kernel(x_ptr, dtv_ptr, lc_ptr, B_ptr, C_ptr, D_ptr, z_ptr, states_ptr,
+    def _chunk_outputs_kernel(x_ptr, dtv_ptr, lc_ptr, cb_ptr, C_ptr, D_ptr, z_ptr, states_ptr,
                               out_ptr, seqlen, nheads, heads_per_group, headdim, dstate,
                               chunk, nchunks, lpad, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                               BT: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr,
@@ -209,10 +224,10 @@ if triton is not None:
         x_ptr += x0
         z_ptr += x0
         out_ptr += x0
-        B_ptr += bc0
         C_ptr += bc0
         lc_ptr += t0
         dtv_ptr += t0
+        cb_ptr += _products_origin(bh, c, nheads, heads_per_group, chunk, nchunks)
         states_ptr += (bh * nchunks + c) * dstate * headdim
         ns, ps = tl.arange(0, BN), tl.arange(0, BP)
         t_m, ok_m = _block(mblk, n_tok, BT)
@@ -222,13 +237,12 @@ if triton is not None:
         y = tl.dot(C_m, S, input_precision=PREC) * tl.exp(l_m)[:, None]
         for kblk in range(0, mblk + 1):
             t_k, ok_k = _block(kblk, n_tok, BT)
-            B_k = _tile(B_ptr, t_k, ok_k, bs, ns, dstate)
             u_k = _tile(x_ptr, t_k, ok_k, xs, ps, headdim)
             u_k = u_k * tl.load(dtv_ptr + t_k, mask=ok_k, other=0.)[:, None]
             l_k = tl.load(lc_ptr + t_k, mask=ok_k, other=0.)
-            CB = tl.dot(C_m, tl.trans(B_k), input_precision=PREC)
-            CB = CB * _decay(l_m, l_k, t_m, t_k, ok_m, ok_k, True)
-            y += tl.dot(CB, u_k, input_precision=PREC)
+            M = _tile(cb_ptr, t_m, ok_m, chunk, t_k, n_tok)
+            M = M * _decay(l_m, l_k, t_m, t_k, ok_m, ok_k, True)
+            y += tl.dot(M, u_k, input_precision=PREC)
         xoffs = t_m[:, None] * xs + ps[None, :]
         mask = ok_m[:, None] & (ps[None, :] < headdim)
         if HAS_D:
@@ -240,7 +254,7 @@ if triton is not None:
         tl.store(out_ptr + xoffs, y, mask=mask)
 
     @triton.jit
-    def _chunk_grads_kernel(x_ptr, dtv_ptr, lc_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dout_ptr,
+    def _chunk_grads_kernel(x_ptr, dtv_ptr, lc_ptr, cb_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dout_ptr,
                             states_ptr, dstates_ptr, dx_ptr, dz_ptr, dB_ptr, dC_ptr, dD_ptr,
                             dl_ptr, dtx_ptr, seqlen, nheads, heads_per_group, headdim,
                             dstate, chunk, nchunks, lpad, ROWS_LATER: tl.constexpr,
@@ -281,6 +295,7 @@ if triton is not None:
         C_ptr += bc0
         lc_ptr += t0
         dtv_ptr += t0
+        cb_ptr += _products_origin(bh, c, nheads, heads_per_group, chunk, nchunks)
         ns, ps = tl.arange(0, BN), tl.arange(0, BP)
         n_ok, p_ok = ns < dstate, ps < headdim
         t_m, ok_m = _block(mblk, n_tok, BT)
@@ -306,7 +321,7 @@ if triton is not None:
                 u_k = u_k * tl.load(dtv_ptr + t_k, mask=ok_k, other=0.)[:, None]
                 l_k = tl.load(lc_ptr + t_k, mask=ok_k, other=0.)
                 decay = _decay(l_m, l_k, t_m, t_k, ok_m, ok_k, True)
-                M = tl.dot(C_m, tl.trans(B_k), input_precision=PREC) * decay
+                M = _tile(cb_ptr, t_m, ok_m, chunk, t_k, n_tok) * decay
                 gu = tl.dot(g_m, tl.trans(u_k), input_precision=PREC)
                 y += tl.dot(M, u_k, input_precision=PREC)
                 dC += tl.dot(gu * decay, B_k, input_precision=PREC)
@@ -341,7 +356,7 @@ if triton is not None:
                                   ok_j[:, None] & p_ok[None, :], HAS_Z)
                 l_j = tl.load(lc_ptr + t_j, mask=ok_j, other=0.)
                 decay = _decay(l_m, l_j, t_m, t_j, ok_m, ok_j, False)  # (m, j)
-                MT = tl.dot(B_m, tl.trans(C_j), input_precision=PREC) * decay
+                MT = _tile_t(cb_ptr, t_m, ok_m, chunk, t_j, n_tok) * decay
                 ug = tl.dot(u_m, tl.trans(g_j), input_precision=PREC)
                 du += tl.dot(MT, g_j, input_precision=PREC)
                 dB += tl.dot(ug * decay, C_j, input_precision=PREC)
@@ -380,7 +395,7 @@ class _Geometry:
         self.BP_states = min(64, self.BP)  # headdim tile of the state kernels
         self.nblk = -(-self.chunk // self.BT)
         # Offsets within a chunk are 32-bit (_chunk_origin).
-        if self.chunk * max(self.h * self.p, self.g * self.n) >= 2**31:
+        if self.chunk * max(self.h * self.p, self.g * self.n, self.chunk) >= 2**31:
             raise ValueError(f'ssd_scan triton: chunk_size {self.chunk} x {self.h * self.p} '
                              'channels per token reaches 2**31 elements; use a smaller '
                              'chunk_size')
@@ -397,6 +412,24 @@ def _log_decays(dtv: Tensor, A: Tensor, geo: _Geometry) -> Tuple[Tensor, Tensor,
     dt_p = F.pad(dtv.permute(0, 2, 1), (0, geo.lpad - geo.l)).contiguous()
     lc = (dt_p * A[:, None]).view(geo.b, geo.h, geo.nchunks, geo.chunk).cumsum(-1)
     return dt_p, lc.view(geo.b, geo.h, geo.lpad), lc[..., -1].exp().contiguous()
+
+
+def _chunk_products(Cf: Tensor, Bf: Tensor, geo: _Geometry, precision: str) -> Tensor:
+    """C B^T within each chunk, (b, groups, nchunks, chunk, chunk). The heads
+    of a group share it, so one batched matmul makes it for all of them, in
+    fp32 unless TF32 products were asked for."""
+    pad = (0, 0, 0, 0, 0, geo.lpad - geo.l)
+    shape = (geo.b, geo.nchunks, geo.chunk, geo.g, geo.n)
+    C = F.pad(Cf, pad).view(shape).permute(0, 3, 1, 2, 4)
+    B = F.pad(Bf, pad).view(shape).permute(0, 3, 1, 4, 2)
+    if not Cf.is_cuda:
+        return torch.matmul(C, B).contiguous()
+    allowed = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = precision == 'tf32'
+    try:
+        return torch.matmul(C, B).contiguous()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allowed
 
 
 def _chunk_states(left, right, dt_p, lc, z, geo, grad, precision):
@@ -448,7 +481,8 @@ class SSDScanTritonFn(torch.autograd.Function):
         _pass_states(states, decay, init, final, geo, reverse=False)
         out = torch.empty_like(xf)
         grid = (geo.nchunks * geo.nblk, geo.b * geo.h)
-        _chunk_outputs_kernel[grid](xf, dt_p, lc, Bf, Cf, Df if Df is not None else xf,
+        products = _chunk_products(Cf, Bf, geo, precision)
+        _chunk_outputs_kernel[grid](xf, dt_p, lc, products, Cf, Df if Df is not None else xf,
                                     zf if zf is not None else xf, states, out, *geo.sizes(),
                                     geo.nchunks, geo.lpad, HAS_D=Df is not None,
                                     HAS_Z=zf is not None, BT=geo.BT, BN=geo.BN, BP=geo.BP,
@@ -482,8 +516,9 @@ class SSDScanTritonFn(torch.autograd.Function):
         dl = xf.new_zeros(geo.b, geo.h, geo.lpad)
         dtx = xf.new_zeros(geo.b, geo.h, geo.lpad)
         grid = (geo.nchunks * geo.nblk, geo.b * geo.h)
+        products = _chunk_products(Cf, Bf, geo, precision)
         for rows_later in (True, False):
-            _chunk_grads_kernel[grid](xf, dt_p, lc, Bf, Cf, Df if Df is not None else xf,
+            _chunk_grads_kernel[grid](xf, dt_p, lc, products, Bf, Cf, Df if Df is not None else xf,
                                       zf if zf is not None else xf, dout, states, dstates, dx,
                                       dz if dz is not None else dx, dB, dC,
                                       dD if dD is not None else dx, dl, dtx, *geo.sizes(),

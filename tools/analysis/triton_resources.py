@@ -38,17 +38,23 @@ def parse_config(text: str):
     return int(parts[0]), int(parts[1]), parts[2], int(parts[3]) if len(parts) == 4 else 3
 
 
-def kernels(bt: int, precision: str, dstate: int, headdim: int):
-    """(name, jit function, constexpr arguments) of every kernel of one call."""
-    common = dict(BT=bt, BN=max(16, dstate), PREC=precision)
+# Shared memory a block may use, KiB (CUDA's per-block opt-in maximum).
+SHARED_LIMIT_KIB = {80: 163, 86: 99, 87: 163, 89: 99, 90: 227, 100: 227, 120: 99}
+
+
+def kernels(bt: int, precision: str, dstate: int, headdim: int, with_z: bool):
+    """(name, jit function, constexpr arguments) of every kernel of one call
+    with ``D`` (as Adventurer's mixer, whose gate is its norm's, not the
+    scan's: ``with_z`` False)."""
+    common = dict(BT=bt, BN=max(16, dstate), PREC=precision, HAS_Z=with_z)
     yield 'chunk_states (dy)', ssd_triton._chunk_states_kernel, dict(
-        GRAD=True, HAS_Z=True, BP=min(64, headdim), **common)
+        GRAD=True, BP=min(64, headdim), **common)
     yield 'chunk_outputs', ssd_triton._chunk_outputs_kernel, dict(
-        HAS_D=True, HAS_Z=True, BP=headdim, **common)
+        HAS_D=True, BP=headdim, **common)
     for later in (True, False):
         yield f'chunk_grads ({"later" if later else "earlier"} rows)', \
-            ssd_triton._chunk_grads_kernel, dict(ROWS_LATER=later, HAS_D=True, HAS_Z=True,
-                                                 BP=headdim, **common)
+            ssd_triton._chunk_grads_kernel, dict(ROWS_LATER=later, HAS_D=True, BP=headdim,
+                                                 **common)
 
 
 def compile_usage(fn, constexprs: dict, warps: int, stages: int, arch: int, cuobjdump: str):
@@ -95,6 +101,8 @@ def parse_args(argv=None):
                         "the scan's own, per precision)")
     parser.add_argument('--dstate', type=int, default=64)
     parser.add_argument('--headdim', type=int, default=64)
+    parser.add_argument('--with-z', action='store_true',
+                        help='the scan gated by z (default: without, as Adventurer calls it)')
     parser.add_argument('--only', default=None, help='kernels whose name contains this')
     return parser.parse_args(argv)
 
@@ -108,19 +116,23 @@ def main(argv=None):
     if cuobjdump is None:
         sys.exit("triton_resources: cuobjdump not found in Triton's NVIDIA backend; "
                  'this needs a Triton built with it (the CUDA wheels are)')
-    print(f'sm_{args.arch}, d_state {args.dstate}, headdim {args.headdim}, '
-          f'Triton {ssd_triton.triton.__version__}\n')
+    limit = SHARED_LIMIT_KIB.get(args.arch)
+    print(f'sm_{args.arch}, d_state {args.dstate}, headdim {args.headdim}, D, '
+          f'{"z" if args.with_z else "no z"}, Triton {ssd_triton.triton.__version__}; '
+          f'shared memory per block up to {limit} KiB ("over": cannot launch)\n')
     print('| kernel | BT | warps | stages | precision | registers | spilled stack B | '
           'shared KiB | compile s |')
     print('|---|---|---|---|---|---|---|---|---|')
     for bt, warps, precision, stages in args.configs:
-        for name, fn, constexprs in kernels(bt, precision, args.dstate, args.headdim):
+        for name, fn, constexprs in kernels(bt, precision, args.dstate, args.headdim,
+                                            args.with_z):
             if args.only and args.only not in name:
                 continue
             regs, stack, shared, seconds = compile_usage(fn, constexprs, warps, stages,
                                                          args.arch, cuobjdump)
+            over = ' over' if limit and shared > limit * 1024 else ''
             print(f'| {name} | {bt} | {warps} | {stages} | {precision} | {regs} | {stack} | '
-                  f'{shared / 1024:.0f} | {seconds:.0f} |', flush=True)
+                  f'{shared / 1024:.0f}{over} | {seconds:.0f} |', flush=True)
     return 0
 
 
