@@ -184,7 +184,7 @@ def test_triton_resources_reads_registers_and_spills_of_a_compiled_kernel(capsys
         tool.parse_args(['--configs', '64:4:fp16'])
     assert tool.parse_args(['--configs', '64:8:tf32:1']).configs == [(64, 8, 'tf32', 1)]
     assert tool.main(['--configs', '16:4:ieee', '--dstate', '16', '--headdim', '16',
-                      '--only', 'states']) == 0
+                      '--only', 'states (dy)']) == 0
     rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith('| chunk_states')]
     assert len(rows) == 1
     regs, stack, shared = (float(v) for v in rows[0].split('|')[6:9])

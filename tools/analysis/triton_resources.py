@@ -47,6 +47,10 @@ def kernels(bt: int, precision: str, dstate: int, headdim: int, with_z: bool):
     with ``D`` (as Adventurer's mixer, whose gate is its norm's, not the
     scan's: ``with_z`` False)."""
     common = dict(BT=bt, BN=max(16, dstate), PREC=precision, HAS_Z=with_z)
+    yield 'pass_states', ssd_triton._pass_states_kernel, dict(
+        HAS_FIRST=True, HAS_LAST=True, REVERSE=True, BLOCK=min(1024, dstate * headdim))
+    yield 'chunk_states (B, dt x)', ssd_triton._chunk_states_kernel, dict(
+        GRAD=False, BP=min(64, headdim), **common)
     yield 'chunk_states (dy)', ssd_triton._chunk_states_kernel, dict(
         GRAD=True, BP=min(64, headdim), **common)
     yield 'chunk_outputs', ssd_triton._chunk_outputs_kernel, dict(
