@@ -158,6 +158,17 @@ def test_triton_scan_refuses_bad_options_in_one_line():
         ssd_scan_triton(**_small_inputs(torch.float64))
 
 
+def test_triton_scan_refuses_a_chunk_past_32_bit_offsets():
+    """Offsets within a chunk are 32-bit: a chunk of 2**14 tokens of 1024 x 128
+    channels spans 2**31 elements. Checked from shapes alone (meta tensors)."""
+    from patchscale_mm.ops.ssd_triton import _Geometry
+    x = torch.empty(1, 2**14, 1024, 128, device='meta')
+    B = torch.empty(1, 2**14, 1, 64, device='meta')
+    with pytest.raises(ValueError, match='a chunk of 16384 tokens x 131072 elements'):
+        _Geometry(x, B, 2**14, 'ieee')
+    assert _Geometry(x, B, 2**13, 'ieee').nchunks == 2
+
+
 def test_triton_precision_follows_the_environment(monkeypatch):
     monkeypatch.setenv('PATCHSCALE_TRITON_PRECISION', 'bf16')
     with pytest.raises(ValueError, match=r"\$PATCHSCALE_TRITON_PRECISION\), got 'bf16'"):

@@ -16,12 +16,12 @@ start, ``u_t = dt_t x_t`` and ``S`` the state entering the chunk::
 Forward: (1) :func:`_chunk_states_kernel` gives the state each chunk builds
 from zero; (2) :func:`_pass_states_kernel` turns those into the state
 entering each chunk and the final state, one chunk after another; (3)
-:func:`_chunk_outputs_kernel` gives ``y`` from ``C B^T`` of each chunk, made
-once per group of heads by one batched matmul (:func:`_chunk_products`). Backward: the same two first
-kernels on ``(C, dy)`` give the gradient at each chunk's end; then
-:func:`_chunk_grads_kernel` gives dx, dz, dB, dC, dD and, per token, the
-derivative of the loss by ``l_t``, whose reverse running sum is the
-derivative by ``dt_t A``. Every exponent is ``l_late - l_early <= 0`` for a
+:func:`_chunk_outputs_kernel` gives ``y``, reading ``C B^T`` of each chunk,
+which one batched matmul makes once for a group's heads
+(:func:`_chunk_products`). Backward: the two first kernels on ``(C, dy)``
+give the gradient at each chunk's end; then :func:`_chunk_grads_kernel` gives
+dx, dz, dB, dC, dD and, per token, the derivative of the loss by ``l_t``,
+whose reverse running sum is the derivative by ``dt_t A``. Every exponent is ``l_late - l_early <= 0`` for a
 decaying scan, so nothing overflows that the recurrence would not.
 
 Triton comes with CUDA builds of torch; the module imports without it and
@@ -395,10 +395,11 @@ class _Geometry:
         self.BP_states = min(64, self.BP)  # headdim tile of the state kernels
         self.nblk = -(-self.chunk // self.BT)
         # Offsets within a chunk are 32-bit (_chunk_origin).
-        if self.chunk * max(self.h * self.p, self.g * self.n, self.chunk) >= 2**31:
-            raise ValueError(f'ssd_scan triton: chunk_size {self.chunk} x {self.h * self.p} '
-                             'channels per token reaches 2**31 elements; use a smaller '
-                             'chunk_size')
+        widest = max(self.h * self.p, self.g * self.n, self.chunk)
+        if self.chunk * widest >= 2**31:
+            raise ValueError(f'ssd_scan triton: a chunk of {self.chunk} tokens x {widest} '
+                             'elements per token (x, B/C or C B^T) reaches 2**31; use a '
+                             'smaller chunk_size')
 
     def sizes(self):
         """The size arguments every kernel takes after its pointers."""
@@ -472,9 +473,9 @@ class SSDScanTritonFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus, dt_limit,
                 return_final_states, chunk_size, precision):
+        geo = _Geometry(x, B, chunk_size, precision)
         xf, dtv, Af, Bf, Cf, Df, zf, init = _prepare(x, dt, A, B, C, D, z, dt_bias,
                                                      initial_states, dt_softplus, dt_limit)
-        geo = _Geometry(x, B, chunk_size, precision)
         dt_p, lc, decay = _log_decays(dtv, Af, geo)
         states = _chunk_states(Bf, xf, dt_p, lc, None, geo, False, precision)
         final = xf.new_empty(geo.b, geo.h, geo.p, geo.n)
