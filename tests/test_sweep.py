@@ -273,6 +273,9 @@ def test_fit_scaling_law_cli_lists_a_two_point_group_without_r2(
      '--data-root /nonexistent/folder is not a folder'),
     (['--cls-steps', 0], 'steps must be >= 1'),
     (['--checkpoint-every', 0], '--checkpoint-every must be >= 1, got 0'),
+    (['--device', 'cuda'], '--device cuda: no CUDA device is visible here'),
+    (['--cls-steps', 3, '--cls-epochs', 1], 'give --cls-steps or --cls-epochs, not both'),
+    (['--tasks', 'cls', '--cls-epochs', 0], 'cls epochs must be > 0, got 0'),
 ])
 def test_bad_arguments_fail_before_any_work(tmp_path, args, message):
     out = sweep_cli('--work-dir', tmp_path / 'w', '--data-cache',
@@ -298,6 +301,54 @@ def test_run_config_overrides_only_patch_steps_and_data(tmp_path):
     # The rest comes from the shipped sweep config.
     assert cfg.model.backbone.arch.embed_dims == 64
     assert cfg.model.decode_head.type == 'patchscale_mm.LinearSegHead'
+
+
+def test_an_epoch_budget_is_steps_over_the_training_samples(tmp_path):
+    from patchscale_mm.sweep.loop import _steps_for_epochs
+    # The shipped configs' batches: 128 images, 64 scenes.
+    assert _steps_for_epochs(dict(cls=10, seg=2), ['vit'], None, None, (8000, 1000),
+                             None) == dict(cls=-(-10 * 60000 // 128), seg=250)
+    assert _steps_for_epochs(dict(cls=1), ['adventurer'], 100, None, (8000, 1000),
+                             1000) == dict(cls=10)
+    # A user's folder: its meta/train.txt, else the files under train/.
+    (tmp_path / 'meta').mkdir()
+    (tmp_path / 'meta' / 'train.txt').write_text(
+        ''.join(f'train/{i}.png {i % 3}\n' for i in range(300)))
+    assert _steps_for_epochs(dict(cls=1), ['vit'], 128, str(tmp_path), (1, 1),
+                             None) == dict(cls=3)
+    (tmp_path / 'meta' / 'train.txt').unlink()
+    for i in range(5):
+        (tmp_path / 'train' / f'c{i % 2}').mkdir(parents=True, exist_ok=True)
+        (tmp_path / 'train' / f'c{i % 2}' / f'{i}.png').write_bytes(b'')
+    assert _steps_for_epochs(dict(cls=2.5), ['vit'], 4, str(tmp_path), (1, 1),
+                             None) == dict(cls=4)
+
+
+def test_the_device_sets_what_the_runs_see_and_which_results_count(tmp_path):
+    from mmengine.config import Config
+
+    from patchscale_mm.sweep.loop import finished_records
+    from patchscale_mm.sweep.supervise import run_env
+    run = Run('cls', 'adventurer', 4, steps=10)
+    for device, workers in (('cpu', 0), ('cuda', 8)):
+        path = tmp_path / f'{device}.py'
+        path.write_text(run_config(run, '/data', device=device))
+        cfg = Config.fromfile(str(path))
+        assert cfg.train_dataloader.num_workers == workers
+        assert cfg.val_dataloader.num_workers == workers
+        # bf16 autocast where a GPU trains (tools/train.py drops it on a CPU).
+        assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
+        assert cfg.optim_wrapper.dtype == 'bfloat16'
+    assert run_env(2, 'cpu')['CUDA_VISIBLE_DEVICES'] == ''
+    assert run_env(2, 'cpu')['OMP_NUM_THREADS'] == '2'
+    assert run_env(None, 'cuda').get('CUDA_VISIBLE_DEVICES') == \
+        os.environ.get('CUDA_VISIBLE_DEVICES')
+    key = dict(task='cls', family='adventurer', patch=4, steps=10)
+    old = dict(key, batch_size=128)  # written before records had a device
+    gpu = dict(key, batch_size=128, device='cuda')
+    assert finished_records([old, gpu], key, None, 'cpu') == [old]
+    assert finished_records([old, gpu], key, None, 'cuda') == [gpu]
+    assert finished_records([old, gpu], key, 64, 'cuda') == []
 
 
 def stamped_run_with_checkpoint(run, work_dir):

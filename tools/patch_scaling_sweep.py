@@ -22,6 +22,8 @@ and resumes an interrupted one from its last checkpoint.
     python tools/patch_scaling_sweep.py
     python tools/patch_scaling_sweep.py --full         # cls to patch 1, hours
     python tools/patch_scaling_sweep.py --tasks cls --data-root my_imagenet_style --img-size 64
+    python tools/patch_scaling_sweep.py --device cuda --tasks cls --cls-patches 8 4 2 1 \
+        --cls-epochs 10 --work-dir work_dirs/sweep_gpu_10ep     # on a GPU, bf16 autocast
 """
 import argparse
 import sys
@@ -48,6 +50,16 @@ def parse_args(argv=None):
     parser.add_argument('--cls-patches', type=int, nargs='+')
     parser.add_argument('--seg-steps', type=int)
     parser.add_argument('--cls-steps', type=int)
+    parser.add_argument(
+        '--seg-epochs', type=float, help='a budget in passes over the '
+        'training scenes instead of --seg-steps')
+    parser.add_argument(
+        '--cls-epochs', type=float, help='a budget in passes over the '
+        'training images instead of --cls-steps')
+    parser.add_argument(
+        '--device', choices=['cpu', 'cuda'], default='cpu',
+        help='where every run trains (default cpu: no GPU is visible to '
+        'them); cuda trains in bf16 autocast with loader workers')
     parser.add_argument(
         '--batch-size', type=int, help='per-step batch (configs: seg 64, '
         'cls 128)')
@@ -104,6 +116,14 @@ def main(argv=None):
                             full.get(f'{task}_{option}', defaults[task]))
         return values
 
+    epochs = {}
+    for task in sweep.TASKS:
+        given = getattr(args, f'{task}_epochs')
+        if given is not None:
+            if getattr(args, f'{task}_steps') is not None:
+                raise SystemExit(f'error: give --{task}-steps or '
+                                 f'--{task}-epochs, not both')
+            epochs[task] = given
     try:
         sweep.run_sweep(
             args.work_dir,
@@ -115,8 +135,8 @@ def main(argv=None):
             img_size=args.img_size, data_cache=args.data_cache,
             num_scenes=tuple(args.num_scenes), train_limit=args.train_limit,
             val_limit=args.val_limit, checkpoint_every=args.checkpoint_every,
-            threads=args.threads, force=args.force,
-            log=lambda line: print(line, flush=True))
+            threads=args.threads, force=args.force, epochs=epochs,
+            device=args.device, log=lambda line: print(line, flush=True))
     except (ValueError, sweep.RunFailed) as e:
         raise SystemExit(f'error: {e}')
 

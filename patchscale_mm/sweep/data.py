@@ -19,6 +19,29 @@ def count_classes(root: Path) -> int:
     return len(folders)
 
 
+# Fashion-MNIST's training split, which the classification task uses whole.
+FMNIST_TRAIN = 60000
+
+
+def count_train_samples(task: str, data_root: Optional[str],
+                        num_scenes: Tuple[int, int],
+                        train_limit: Optional[int]) -> int:
+    """Training samples of a task, as an epoch budget counts them: the
+    segmentation scenes, Fashion-MNIST's 60k, or a user's folder
+    (meta/train.txt lines, else the files under train/), at most
+    ``train_limit``."""
+    if task == 'seg':
+        count = num_scenes[0]
+    elif not data_root:
+        count = FMNIST_TRAIN
+    else:
+        ann = Path(data_root, 'meta', 'train.txt')
+        count = (sum(1 for line in ann.read_text().split('\n') if line.strip())
+                 if ann.exists() else
+                 sum(1 for f in Path(data_root, 'train').rglob('*') if f.is_file()))
+    return min(count, train_limit) if train_limit else count
+
+
 def prepare_data(tasks: Sequence[str], cache: Path,
                  num_scenes: Tuple[int, int], data_root: Optional[str],
                  log) -> Dict[str, Path]:

@@ -1,9 +1,10 @@
 """The sweep from start to end: :func:`run_sweep`."""
+import math
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-from .data import count_classes, prepare_data
+from .data import count_classes, count_train_samples, prepare_data
 from .overrides import CHECKPOINT_EVERY, run_config
 from .plan import TASK_METRIC, plan_runs
 from .predictions import PREDICTIONS_FILE, draw_predictions, run_predictions
@@ -16,6 +17,7 @@ from .supervise import RunFailed, train_run
 
 DEFAULT_PATCHES = dict(seg=[8, 4, 2], cls=[8, 4])
 DEFAULT_STEPS = dict(seg=100, cls=60)
+DEVICES = ('cpu', 'cuda')
 
 
 def run_sweep(work_dir: Union[str, Path],
@@ -33,6 +35,8 @@ def run_sweep(work_dir: Union[str, Path],
               checkpoint_every: int = CHECKPOINT_EVERY,
               threads: Optional[int] = None,
               force: bool = False,
+              epochs: Optional[Dict[str, float]] = None,
+              device: str = 'cpu',
               log=print) -> List[dict]:
     """Trains every planned run not yet in ``work_dir/results.json``, then
     prints the table, fits the power laws and draws the predictions.
@@ -53,6 +57,12 @@ def run_sweep(work_dir: Union[str, Path],
             interrupted sweep resumes its unfinished run.
         threads: Torch threads of each run; torch's default when None.
         force: Retrain runs already in results.json, from scratch.
+        epochs: Per task, a budget in passes over the training samples
+            instead of ``steps``: ceil(epochs x samples / batch) steps.
+        device: ``'cpu'`` (no GPU is visible to the runs) or ``'cuda'``
+            (bf16 autocast, as the shipped configs train on a GPU, and
+            loader workers). Records keep it, and a rerun skips only the
+            runs done on the same device.
         log: Called with each line of progress.
 
     Returns:
@@ -62,10 +72,14 @@ def run_sweep(work_dir: Union[str, Path],
         ValueError: Settings that cannot run, before any work is done.
         RunFailed: A run's trainer failed (results.json keeps the others).
     """
+    steps = dict(DEFAULT_STEPS, **(steps or {}))
+    if epochs:
+        _check_device_and_data(device, data_root)
+        steps.update(_steps_for_epochs(epochs, families, batch_size, data_root,
+                                       num_scenes, train_limit))
     runs, num_classes = _checked_plan(
-        tasks, families, dict(DEFAULT_PATCHES, **(patches or {})),
-        dict(DEFAULT_STEPS, **(steps or {})), batch_size, data_root,
-        img_size, checkpoint_every, threads)
+        tasks, families, dict(DEFAULT_PATCHES, **(patches or {})), steps,
+        batch_size, data_root, img_size, checkpoint_every, threads, device)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
@@ -78,9 +92,7 @@ def run_sweep(work_dir: Union[str, Path],
     for i, run in enumerate(runs, 1):
         key = dict(task=run.task, family=run.family, patch=run.patch,
                    steps=run.steps)
-        done = [r for r in records
-                if all(r.get(k) == v for k, v in key.items())
-                and (batch_size is None or r['batch_size'] == batch_size)]
+        done = finished_records(records, key, batch_size, device)
         if done and not force:
             log(f'[{i}/{len(runs)}] {run.name}: already in results.json')
             finished[run.name] = done[-1]['seconds']
@@ -92,7 +104,7 @@ def run_sweep(work_dir: Union[str, Path],
         config_text = run_config(
             run, str(roots[run.task]), batch_size,
             num_classes if run.task == 'cls' else None, train_limit,
-            val_limit, checkpoint_every)
+            val_limit, checkpoint_every, device)
         resume_from = (None if force else
                        resumable_checkpoint(run, run_dir, config_text))
         config.write_text(config_text)
@@ -105,11 +117,13 @@ def run_sweep(work_dir: Union[str, Path],
         (run_dir / PREDICTIONS_FILE).unlink(missing_ok=True)
         try:
             seconds = train_run(run, config, run_dir, log, resume_from,
-                                threads)
+                                threads, device)
         except RunFailed:
             save_results(records, work_dir)
             raise
         record = _record(run, key, config, run_dir, params, flops, seconds)
+        record.update(device=device,
+                      epochs=(epochs or {}).get(run.task))
         records.append(record)
         save_results(records, work_dir)
         finished[run.name] = seconds
@@ -132,17 +146,57 @@ def run_sweep(work_dir: Union[str, Path],
     return records
 
 
+def finished_records(records: List[dict], key: dict, batch_size: Optional[int],
+                     device: str) -> List[dict]:
+    """The records of ``records`` that are the run ``key`` (task, family,
+    patch, steps) trained on ``device`` (records older than the device
+    option trained on the CPU) at ``batch_size`` (any when None)."""
+    return [r for r in records
+            if all(r.get(k) == v for k, v in key.items())
+            and r.get('device', 'cpu') == device
+            and (batch_size is None or r['batch_size'] == batch_size)]
+
+
+def _check_device_and_data(device: str, data_root: Optional[str]):
+    if device not in DEVICES:
+        raise ValueError(f'--device must be one of {", ".join(DEVICES)}, got {device!r}')
+    if device == 'cuda':
+        import torch
+        if not torch.cuda.is_available():
+            raise ValueError('--device cuda: no CUDA device is visible here')
+    if data_root and not Path(data_root).is_dir():
+        raise ValueError(f'--data-root {data_root} is not a folder')
+
+
+def _steps_for_epochs(epochs: Dict[str, float], families, batch_size,
+                      data_root, num_scenes, train_limit) -> Dict[str, int]:
+    """Steps per task for an epoch budget: ceil(epochs x training samples /
+    batch), the batch being ``batch_size`` or the shipped config's."""
+    from mmengine.config import Config
+
+    from .plan import Run
+    steps = {}
+    for task, count in epochs.items():
+        if not count > 0:
+            raise ValueError(f'{task} epochs must be > 0, got {count}')
+        batch = batch_size or Config.fromfile(
+            str(Run(task, families[0], 8, 1).base_config),
+            import_custom_modules=False).train_dataloader.batch_size
+        samples = count_train_samples(task, data_root, num_scenes, train_limit)
+        steps[task] = max(1, math.ceil(count * samples / batch))
+    return steps
+
+
 def _checked_plan(tasks, families, patches, steps, batch_size, data_root,
-                  img_size, checkpoint_every, threads) -> tuple:
+                  img_size, checkpoint_every, threads, device='cpu') -> tuple:
     """The runs and the classes of ``data_root`` (None without one), or a
     ValueError for settings that cannot run."""
+    _check_device_and_data(device, data_root)
     if img_size != 32 and not data_root:
         raise ValueError('--img-size applies to --data-root; the '
                          'Fashion-MNIST tasks are 32x32')
     runs = plan_runs(tasks, families, patches, steps,
                      dict(seg=32, cls=img_size))
-    if data_root and not Path(data_root).is_dir():
-        raise ValueError(f'--data-root {data_root} is not a folder')
     for name, value in (('--checkpoint-every', checkpoint_every),
                         ('--batch-size', batch_size), ('--threads', threads)):
         if value is not None and value < 1:

@@ -9,6 +9,10 @@ from .plan import Run
 # interrupted; a checkpoint of the sweep's small models takes milliseconds.
 CHECKPOINT_EVERY = 200
 
+# Loader workers on a GPU, where decoding images in the training process
+# would leave the device idle; on a CPU the workers would take its cores.
+GPU_LOADER = dict(num_workers=8, persistent_workers=True, pin_memory=True)
+
 # A user's classification images, of any size and colour: resized to the
 # sweep's square input and normalised with ImageNet's statistics.
 USER_DATA_PREPROCESSOR = dict(
@@ -44,11 +48,14 @@ def run_config(run: Run, data_root: str, batch_size: Optional[int] = None,
                num_classes: Optional[int] = None,
                train_limit: Optional[int] = None,
                val_limit: Optional[int] = None,
-               checkpoint_every: int = CHECKPOINT_EVERY) -> str:
+               checkpoint_every: int = CHECKPOINT_EVERY,
+               device: str = 'cpu') -> str:
     """The text of the run's config: the sweep config plus overrides.
 
     ``num_classes`` marks a user's classification data (``--data-root``):
     its images are resized to ``run.img_size`` whatever their size.
+    ``device='cuda'`` adds loader workers; the shipped configs already
+    train in bf16 autocast there (and in fp32 on a CPU).
     """
     model = dict(backbone=dict(patch_size=run.patch))
     train = dict(dataset=dict(data_root=data_root))
@@ -62,6 +69,9 @@ def run_config(run: Run, data_root: str, batch_size: Optional[int] = None,
             loader['dataset'] = user_dataset(data_root, split, pipeline)
     if batch_size:
         train['batch_size'] = batch_size
+    if device == 'cuda':
+        train.update(GPU_LOADER)
+        val.update(GPU_LOADER)
     if train_limit:  # MMEngine datasets keep the first ``indices`` samples
         train['dataset']['indices'] = train_limit
     if val_limit:

@@ -10,8 +10,8 @@ from typing import List
 from .plan import Run
 
 RESULT_KEYS = ('task', 'family', 'patch', 'tokens', 'params', 'flops',
-               'steps', 'batch_size', 'test_loss', 'metric', 'metric_name',
-               'seconds')
+               'steps', 'epochs', 'batch_size', 'device', 'test_loss', 'metric',
+               'metric_name', 'seconds')
 
 
 def read_final_metrics(work_dir: Path) -> dict:

@@ -24,12 +24,25 @@ class RunFailed(RuntimeError):
     """A run's trainer exited with an error."""
 
 
+def run_env(threads: Optional[int] = None, device: str = 'cpu') -> dict:
+    """The environment of a run: ``threads`` torch threads if given; on
+    ``device='cpu'`` no GPU is visible, so that a sweep on a GPU machine
+    trains where it was asked to."""
+    env = dict(os.environ)
+    if threads is not None:
+        env['OMP_NUM_THREADS'] = str(threads)
+    if device == 'cpu':
+        env['CUDA_VISIBLE_DEVICES'] = ''
+    return env
+
+
 def train_run(run: Run, config: Path, work_dir: Path, log,
               resume_from: Optional[str] = None,
-              threads: Optional[int] = None) -> float:
+              threads: Optional[int] = None, device: str = 'cpu') -> float:
     """Trains ``run`` with ``python -m patchscale_mm.train`` (resuming from
-    ``resume_from`` if given, with ``threads`` torch threads if given),
-    echoing its training progress; returns the seconds of training."""
+    ``resume_from`` if given, with ``threads`` torch threads if given, on
+    ``device``), echoing its training progress; returns the seconds of
+    training."""
     start = time.time()
     cmd = [sys.executable, '-m', 'patchscale_mm.apis.lifeline',
            'patchscale_mm.train', str(config), '--work-dir', str(work_dir)]
@@ -48,9 +61,7 @@ def train_run(run: Run, config: Path, work_dir: Path, log,
             f'({before:.0f}s of training before)')
     clock['origin'] = start
     write_clock(clock_path, clock)
-    env = dict(os.environ)
-    if threads is not None:
-        env['OMP_NUM_THREADS'] = str(threads)
+    env = run_env(threads, device)
     # Line-buffered: an interrupted sweep keeps its run's log to the end.
     with open(work_dir / 'train.log', 'a' if resume_from else 'w',
               buffering=1) as out:
