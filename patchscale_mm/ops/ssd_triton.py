@@ -21,8 +21,9 @@ which one batched matmul makes once for a group's heads
 (:func:`_chunk_products`). Backward: the two first kernels on ``(C, dy)``
 give the gradient at each chunk's end; then :func:`_chunk_grads_kernel` gives
 dx, dz, dB, dC, dD and, per token, the derivative of the loss by ``l_t``,
-whose reverse running sum is the derivative by ``dt_t A``. Every exponent is ``l_late - l_early <= 0`` for a
-decaying scan, so nothing overflows that the recurrence would not.
+whose reverse running sum is the derivative by ``dt_t A``. Every exponent is
+``l_late - l_early <= 0`` for a decaying scan, so nothing overflows that the
+recurrence would not.
 
 Triton comes with CUDA builds of torch; the module imports without it and
 :func:`triton_available` says why it cannot run.
