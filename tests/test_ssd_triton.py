@@ -121,6 +121,35 @@ results['bf16'] = dict(
     err=max(((a.grad.float() - b.grad).abs().max() / b.grad.abs().max()).item()
             for a, b in zip(lo.values(), hi.values())),
     y_err=((y_lo.float() - y_hi).abs().max() / y_hi.abs().max()).item())
+
+# Inside a model: Adventurer's mixers (D per head, no z, views of one
+# projection) on the Triton scan and on the PyTorch chunked scan, both in
+# fp32, against the model in fp64.
+import copy, os
+os.environ['PATCHSCALE_SCAN_BACKEND'] = 'torch'  # the composable blocks, not the fused CPU ones
+import patchscale_mm.ops.ssd as ssd_mod
+from patchscale_mm.models import Adventurer
+torch.manual_seed(0)
+model = Adventurer(arch=dict(embed_dims=64, num_layers=2, mlp_dims=160), img_size=16,
+                   patch_size=4, mixer_cfg=dict(headdim=16, d_state=16, chunk_size=8))
+img = torch.randn(2, 3, 16, 16)
+
+def model_grads(net, backend, image):
+    ssd_mod.resolve_scan_backend = lambda name, x, inputs=(): backend
+    net.zero_grad()
+    out = net(image)[-1]
+    out.pow(2).mean().backward()
+    grads = {n: p.grad.double() for n, p in net.named_parameters() if p.grad is not None}
+    return out.detach().double(), grads
+
+y64, g64 = model_grads(copy.deepcopy(model).double(), 'torch', img.double())
+y_torch, g_torch = model_grads(model, 'torch', img)
+y_tri, g_tri = model_grads(model, 'triton', img)
+rel = lambda a, b: ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+results['model'] = dict(
+    names=sorted(g_tri) == sorted(g64), count=len(g64),
+    y=[rel(y_tri, y64), rel(y_torch, y64)],
+    grads={k: [rel(g_tri[k], g64[k]), rel(g_torch[k], g64[k])] for k in g64})
 print('RESULTS' + json.dumps(results))
 '''
 
@@ -162,6 +191,18 @@ def test_triton_scan_keeps_bf16_activations_in_bf16(interpreted):
                                     initial_states='torch.float32', y='torch.bfloat16')
     # bf16 keeps 8 bits: relative rounding 2**-8, summed over a few terms.
     assert result['y_err'] < 2**-7 and result['err'] < 2**-5
+
+
+@needs_interpreter
+def test_adventurer_trains_the_same_on_the_triton_scan(interpreted):
+    """Against the model in fp64, the Triton scan is as accurate as the
+    PyTorch scan, output and every parameter's gradient (both fp32; the
+    model's own fp32 rounding is about 1e-3 of the largest gradient)."""
+    result = interpreted['model']
+    assert result['names'] and result['count'] > 10
+    for name, (triton_err, torch_err) in [('y', result['y']), *result['grads'].items()]:
+        assert triton_err <= 3 * torch_err + 1e-6 and triton_err < 1e-2, (name, triton_err,
+                                                                        torch_err)
 
 
 def _small_inputs(dtype=torch.float32):
