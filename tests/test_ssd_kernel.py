@@ -635,7 +635,7 @@ def test_check_cuda_scan_without_gpu(monkeypatch):
     assert tool.parse_args([]).sections == ['reference', 'mamba', 'lengths', 'speed']
     assert tool.parse_args(['--sections', 'profile']).sections == ['profile']
     assert tool.parse_args(['--sections', 'mamba', 'speed']).sections == ['mamba', 'speed']
-    assert tool.parse_args([]).impls == ['cuda', 'triton', 'triton_tf32']
+    assert tool.parse_args([]).impls == ['cuda', 'triton', 'triton_tf32', 'triton_tf32x3']
     with pytest.raises(SystemExit):
         tool.parse_args(['--impls', 'chunked'])
     with pytest.raises(SystemExit):

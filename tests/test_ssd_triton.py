@@ -282,7 +282,8 @@ tool.CASES = tool.CASES[:3]
 tool.LONG_CASE = (2, 70, 2, 16, 24)
 tool.MIXERS = {'tiny': 2}
 rc = tool.main(['--lengths', '40', '--chunk', '16', '--batches', '1', '2', '--no-mamba',
-                '--impls', 'triton', 'triton_tf32', '--sections', 'reference', 'lengths',
+                '--impls', 'triton', 'triton_tf32', 'triton_tf32x3', '--sections',
+                'reference', 'lengths',
                 'speed', 'profile'])
 report = tool.Report()
 tool.check_overflow(report, 16, ['triton'], batch=2, seqlen=40,
@@ -309,5 +310,6 @@ def test_check_cuda_scan_runs_every_section_on_cpu():
     for row in ('| b2 l37 h4 p19 g1 n37 chunk16, triton, fp32 | ok |',
                 '| b2 l37 h4 p19 g1 n37 chunk16, triton_tf32, fp32 | not checked (TF32) |',
                 '| L 40, triton | ok |', '| L 70, batch 2, h 2, p 16, n 24, triton | ok |',
+                '| L 40, triton_tf32x3 | ok |',
                 '| tiny | 2 | 40 | chunked |', '| triton | ok |', '| cpp | ', '| torch | '):
         assert row in out, row

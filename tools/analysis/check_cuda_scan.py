@@ -1,10 +1,11 @@
 """Checks this repository's GPU scans on a GPU machine.
 
-One prepared run, for each of ``--impls`` (the CUDA kernel ``'cuda'``, the
-Triton block products ``'triton'`` in fp32 and ``'triton_tf32'`` with TF32
-products): against the sequential reference (outputs, final state and every
-gradient, fp64 for the CUDA kernel and fp32, shapes with every optional
-input), against the chunked PyTorch scan in fp64 at Adventurer-T's mixer
+One prepared run, for each of ``--impls``: the CUDA kernel ``'cuda'``, the
+Triton block products ``'triton'`` (fp32 products), ``'triton_tf32'`` (TF32
+products, errors shown but not held to fp32's tolerance) and
+``'triton_tf32x3'`` (split TF32 products, held to it). Each is checked
+against the sequential reference (outputs, final state and every gradient,
+fp64 for the CUDA kernel and fp32, shapes with every optional input), against the chunked PyTorch scan in fp64 at Adventurer-T's mixer
 shape (8 heads x 64, d_state 64, batch 1) for L = 3136 and 50176 and at
 L = 50178 with batch 2, and their speed beside mamba-ssm's
 ``mamba_chunk_scan_combined`` and the chunked PyTorch scan at Adventurer-T's
@@ -53,7 +54,7 @@ from patchscale_mm.ops.backend import BACKEND_ENV
 from patchscale_mm.ops.ssd_triton import PRECISION_ENV, ssd_scan_triton, triton_available
 
 DEVICE = 'cuda'  # what every section runs on (a CPU smoke test of this script sets 'cpu')
-OURS = ('cuda', 'triton', 'triton_tf32')
+OURS = ('cuda', 'triton', 'triton_tf32', 'triton_tf32x3')
 TF32 = ('triton_tf32', 'mamba_ssm')  # products in TF32: errors shown, not checked
 
 # (b, l, h, p, g, n, chunk, D, z, dt_bias, initial_states, softplus)
@@ -165,8 +166,8 @@ def synchronize():
 def scan_fn(impl, chunk):
     if impl == 'chunked':
         return lambda **kw: ssd_scan_chunked(**kw, chunk_size=chunk)
-    if impl in ('triton', 'triton_tf32'):
-        precision = 'tf32' if impl == 'triton_tf32' else 'ieee'
+    if impl.startswith('triton'):
+        precision = impl.partition('_')[2] or 'ieee'  # triton_tf32 -> 'tf32'
         return lambda **kw: ssd_scan_triton(**kw, chunk_size=chunk, precision=precision)
     return lambda **kw: ssd_scan(**kw, chunk_size=chunk, backend=impl)
 
@@ -458,7 +459,8 @@ def check_overflow(report, chunk, impls, batch=16, seqlen=50178, cfg=ADV_B, devi
 # What the model's ssd_scan calls run for each implementation: the backend
 # and the Triton precision, through the environment that ssd_scan reads.
 STEP_ENV = {'cuda': ('cuda', None), 'triton': ('triton', 'ieee'),
-            'triton_tf32': ('triton', 'tf32'), 'mamba_ssm': ('mamba_ssm', None)}
+            'triton_tf32': ('triton', 'tf32'), 'triton_tf32x3': ('triton', 'tf32x3'),
+            'mamba_ssm': ('mamba_ssm', None)}
 
 
 def time_training_step(report, impls, arch='b', img=224, patch=1, batch=1, repeats=3):
@@ -531,8 +533,8 @@ def parse_args(argv=None):
                         'source tree (nothing is built)')
     parser.add_argument('--sections', nargs='+', choices=SECTIONS,
                         default=list(DEFAULT_SECTIONS),
-                        help='which parts to run (default: all but profile and '
-                        'overflow); e.g. '
+                        help='which parts to run (default: reference mamba lengths '
+                        'speed); e.g. '
                         '`--sections mamba` again under TRITON_F32_DEFAULT=ieee')
     parser.add_argument('--out', type=Path, default=None, help='also write the report here')
     return parser.parse_args(argv)
@@ -545,10 +547,9 @@ def main(argv=None):
     if 'mamba_ssm' in args.impls and args.sections != ['overflow']:
         sys.exit('check_cuda_scan: --impls mamba_ssm is for --sections overflow alone; '
                  'the other sections compare with mamba-ssm by themselves')
-    needs = {'cuda': load_kernels('cuda'), 'triton': triton_available(),
-             'triton_tf32': triton_available()}
     for impl in args.impls:
-        ok, reason = needs.get(impl, (True, None))
+        ok, reason = (load_kernels('cuda') if impl == 'cuda' else
+                      triton_available() if impl.startswith('triton') else (True, None))
         if not ok:
             sys.exit(f'check_cuda_scan: {impl} is not available: {reason}')
     with_mamba = not args.no_mamba
