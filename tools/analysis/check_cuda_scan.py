@@ -5,9 +5,10 @@ Triton block products ``'triton'`` (fp32 products), ``'triton_tf32'`` (TF32
 products, errors shown but not held to fp32's tolerance) and
 ``'triton_tf32x3'`` (split TF32 products, held to it). Each is checked
 against the sequential reference (outputs, final state and every gradient,
-fp64 for the CUDA kernel and fp32, shapes with every optional input), against the chunked PyTorch scan in fp64 at Adventurer-T's mixer
-shape (8 heads x 64, d_state 64, batch 1) for L = 3136 and 50176 and at
-L = 50178 with batch 2, and their speed beside mamba-ssm's
+fp64 for the CUDA kernel and fp32, shapes with every optional input) and
+against the chunked PyTorch scan in fp64 at Adventurer-T's mixer shape (8
+heads x 64, d_state 64, batch 1) for L = 3136 and 50176 and at L = 50178
+with batch 2; and timed beside mamba-ssm's
 ``mamba_chunk_scan_combined`` and the chunked PyTorch scan at Adventurer-T's
 and Adventurer-B's mixer shapes (8 and 24 heads), batch 1 and 8.
 ``--sections`` runs a part alone: mamba-ssm's Triton kernels multiply fp32 in
