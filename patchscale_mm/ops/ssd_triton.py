@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .ssd_kernel import _prepare
 from .ssd_torch import NO_DT_LIMIT, _process_dt
 
 try:
@@ -94,6 +95,14 @@ if triton is not None:
         bc0 = (row * (nheads // heads_per_group) + h // heads_per_group) * dstate
         t0 = bh * lpad + c * chunk
         return x0, bc0, t0, tl.minimum(seqlen - c * chunk, chunk).to(tl.int32), h
+
+    @triton.jit
+    def _block_program(chunk, BT: tl.constexpr):
+        """The chunk, the block of it and the (batch x head) of this program
+        of a block kernel (grid: chunks x blocks, batch x heads)."""
+        nblk = tl.cdiv(chunk, BT)
+        c = (tl.program_id(0) // nblk).to(tl.int64)
+        return c, tl.program_id(0) % nblk, tl.program_id(1).to(tl.int64)
 
     @triton.jit
     def _tile(ptr, t, ok, stride, cols, ncols):
@@ -215,10 +224,7 @@ if triton is not None:
                               BT: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr,
                               PREC: tl.constexpr):
         """out = (y + D x) silu(z) for one block m of a chunk's tokens."""
-        nblk = tl.cdiv(chunk, BT)
-        c = (tl.program_id(0) // nblk).to(tl.int64)
-        mblk = tl.program_id(0) % nblk
-        bh = tl.program_id(1).to(tl.int64)
+        c, mblk, bh = _block_program(chunk, BT)
         x0, bc0, t0, n_tok, h = _chunk_origin(bh, c, seqlen, nheads, heads_per_group,
                                               headdim, dstate, chunk, lpad)
         xs, bs = nheads * headdim, (nheads // heads_per_group) * dstate
@@ -282,10 +288,7 @@ if triton is not None:
         are added atomically (dB and dC over the heads of a group; each dl
         entry gets two adds, whose order cannot change their sum).
         """
-        nblk = tl.cdiv(chunk, BT)
-        c = (tl.program_id(0) // nblk).to(tl.int64)
-        mblk = tl.program_id(0) % nblk
-        bh = tl.program_id(1).to(tl.int64)
+        c, mblk, bh = _block_program(chunk, BT)
         x0, bc0, t0, n_tok, h = _chunk_origin(bh, c, seqlen, nheads, heads_per_group,
                                               headdim, dstate, chunk, lpad)
         xs, bs = nheads * headdim, (nheads // heads_per_group) * dstate
@@ -350,7 +353,7 @@ if triton is not None:
             du = tl.dot(B_m, dS, input_precision=PREC) * w_end[:, None]
             dB = tl.dot(u_m, tl.trans(dS), input_precision=PREC) * w_end[:, None]
             dl = -tl.sum(u_m * du, axis=1)
-            for jblk in range(mblk, nblk):
+            for jblk in range(mblk, tl.cdiv(chunk, BT)):
                 t_j, ok_j = _block(jblk, n_tok, BT)
                 C_j = _tile(C_ptr, t_j, ok_j, bs, ns, dstate)
                 g_j = _gated_dout(dout_ptr, z_ptr, t_j[:, None] * xs + ps[None, :],
@@ -453,19 +456,13 @@ def _pass_states(states, decay, first, last, geo, reverse):
                               REVERSE=reverse, BLOCK=BLOCK)
 
 
-def _prepare(x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus, dt_limit):
-    """fp32 contiguous inputs, D as (h, p), processed dt (b, l, h)."""
-    f32 = torch.float32
-
-    def conv(t):
-        return None if t is None else t.to(f32).contiguous()
-
-    h, p = x.shape[-2:]
-    if D is not None:
-        D = D.to(f32)
-        D = (D[:, None].expand(h, p) if D.dim() == 1 else D).contiguous()
-    dtv = _process_dt(dt, f32, dt_bias, dt_softplus, dt_limit)
-    return conv(x), dtv, conv(A), conv(B), conv(C), D, conv(z), conv(initial_states)
+def _inputs(x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus, dt_limit):
+    """The compiled kernels' fp32 inputs (D as (h, p)) and dt after bias,
+    softplus and clamp, (b, l, h)."""
+    xf, dtf, Af, Bf, Cf, Df, zf, biasf, init = _prepare(x, dt, A, B, C, D, z, dt_bias,
+                                                        initial_states, torch.float32)
+    dtv = _process_dt(dtf, torch.float32, biasf, dt_softplus, dt_limit)
+    return xf, dtv, Af, Bf, Cf, Df, zf, init
 
 
 class SSDScanTritonFn(torch.autograd.Function):
@@ -475,8 +472,8 @@ class SSDScanTritonFn(torch.autograd.Function):
     def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus, dt_limit,
                 return_final_states, chunk_size, precision):
         geo = _Geometry(x, B, chunk_size, precision)
-        xf, dtv, Af, Bf, Cf, Df, zf, init = _prepare(x, dt, A, B, C, D, z, dt_bias,
-                                                     initial_states, dt_softplus, dt_limit)
+        xf, dtv, Af, Bf, Cf, Df, zf, init = _inputs(x, dt, A, B, C, D, z, dt_bias,
+                                                    initial_states, dt_softplus, dt_limit)
         dt_p, lc, decay = _log_decays(dtv, Af, geo)
         states = _chunk_states(Bf, xf, dt_p, lc, None, geo, False, precision)
         final = xf.new_empty(geo.b, geo.h, geo.p, geo.n)
@@ -499,9 +496,17 @@ class SSDScanTritonFn(torch.autograd.Function):
     def backward(ctx, dout, dfinal=None):
         x, dt, A, B, C, D, z, dt_bias, initial_states, states, final = ctx.saved_tensors
         dt_softplus, dt_limit, chunk_size, precision = ctx.config
-        xf, dtv, Af, Bf, Cf, Df, zf, init = _prepare(x, dt, A, B, C, D, z, dt_bias,
-                                                     initial_states, dt_softplus, dt_limit)
         geo = _Geometry(x, B, chunk_size, precision)
+        xf, _, Af, Bf, Cf, Df, zf, _, init = _prepare(x, dt, A, B, C, D, z, dt_bias,
+                                                      initial_states, torch.float32)
+        # dt after bias, softplus and clamp, kept differentiable so that ddt
+        # and ddt_bias come from torch's own derivatives of those steps.
+        with torch.enable_grad():
+            dt_leaves = [t.detach().requires_grad_() if t is not None else None
+                         for t in (dt, dt_bias)]
+            dtv_graph = _process_dt(dt_leaves[0], torch.float32, dt_leaves[1], dt_softplus,
+                                    dt_limit)
+        dtv = dtv_graph.detach()
         dout = torch.zeros_like(xf) if dout is None else dout.to(torch.float32).contiguous()
         if dfinal is not None:
             dfinal = dfinal.to(torch.float32).contiguous()
@@ -539,15 +544,11 @@ class SSDScanTritonFn(torch.autograd.Function):
         d_dtv = dtx + ada * Af
         dA = (ada * dtv).sum((0, 1))
 
-        # Back through bias, softplus and clamp with torch's own derivatives.
+        # Back through bias, softplus and clamp.
         ddt = ddt_bias = None
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[7]:
-            with torch.enable_grad():
-                leaves = [t.detach().requires_grad_() if t is not None else None
-                          for t in (dt, dt_bias)]
-                dtv2 = _process_dt(leaves[0], torch.float32, leaves[1], dt_softplus, dt_limit)
-                wanted = [t for t in leaves if t is not None]
-                grads = torch.autograd.grad(dtv2, wanted, d_dtv)
+            wanted = [t for t in dt_leaves if t is not None]
+            grads = torch.autograd.grad(dtv_graph, wanted, d_dtv)
             ddt = grads[0]
             ddt_bias = grads[1] if dt_bias is not None else None
 
