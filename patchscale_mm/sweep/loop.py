@@ -72,14 +72,10 @@ def run_sweep(work_dir: Union[str, Path],
         ValueError: Settings that cannot run, before any work is done.
         RunFailed: A run's trainer failed (results.json keeps the others).
     """
-    steps = dict(DEFAULT_STEPS, **(steps or {}))
-    if epochs:
-        _check_device_and_data(device, data_root)
-        steps.update(_steps_for_epochs(epochs, families, batch_size, data_root,
-                                       num_scenes, train_limit))
     runs, num_classes = _checked_plan(
-        tasks, families, dict(DEFAULT_PATCHES, **(patches or {})), steps,
-        batch_size, data_root, img_size, checkpoint_every, threads, device)
+        tasks, families, dict(DEFAULT_PATCHES, **(patches or {})),
+        dict(DEFAULT_STEPS, **(steps or {})), batch_size, data_root, img_size,
+        checkpoint_every, threads, device, epochs, num_scenes, train_limit)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
@@ -188,10 +184,15 @@ def _steps_for_epochs(epochs: Dict[str, float], families, batch_size,
 
 
 def _checked_plan(tasks, families, patches, steps, batch_size, data_root,
-                  img_size, checkpoint_every, threads, device='cpu') -> tuple:
-    """The runs and the classes of ``data_root`` (None without one), or a
-    ValueError for settings that cannot run."""
+                  img_size, checkpoint_every, threads, device='cpu', epochs=None,
+                  num_scenes=(8000, 1000), train_limit=None) -> tuple:
+    """The runs (an epoch budget turned into steps) and the classes of
+    ``data_root`` (None without one), or a ValueError for settings that
+    cannot run."""
     _check_device_and_data(device, data_root)
+    if epochs:
+        steps = dict(steps, **_steps_for_epochs(epochs, families, batch_size, data_root,
+                                                num_scenes, train_limit))
     if img_size != 32 and not data_root:
         raise ValueError('--img-size applies to --data-root; the '
                          'Fashion-MNIST tasks are 32x32')
