@@ -120,6 +120,7 @@ def test_mixer_fp64_matches_token_loop(case):
                      outputs_and_grads(m, lambda x: loop_mixer(m, x), u), rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.sum_order
 @pytest.mark.parametrize('case', MIXER_CASES, ids=str)
 def test_mixer_fp32_fused_matches_composable(case):
     dim, n, p, g, chunk, k, b, l = case
@@ -275,6 +276,7 @@ def test_swiglu_rmsnorm_bf16_autocast():
     assert_all_close(a, b, rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.sum_order
 @pytest.mark.parametrize('with_cp', [False, True])
 def test_adventurer_fused_matches_torch_path(monkeypatch, with_cp):
     """The whole backbone, flipped layers and checkpointing included, against
@@ -351,6 +353,7 @@ def test_kernels_are_threaded():
         assert _C.intra_op_parallel()
 
 
+@pytest.mark.sum_order
 def test_threads_agree():
     """Token blocks and per-thread weight-gradient buffers over two threads.
 

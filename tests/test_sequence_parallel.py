@@ -106,13 +106,13 @@ def test_adventurer_featmap(tmp_path, size, with_cp):
              img_size=20, patch=2)
 
 
-@pytest.mark.parametrize('size', [2, 4])
+@pytest.mark.parametrize('size', [pytest.param(2, marks=pytest.mark.sum_order), 4])
 def test_adventurer_class_token(tmp_path, size):
     run_case(tmp_path, size, family='adventurer', out_type='cls_token', with_cp=False,
              img_size=20, patch=2)
 
 
-@pytest.mark.parametrize('size', [2, 4])
+@pytest.mark.parametrize('size', [pytest.param(2, marks=pytest.mark.sum_order), 4])
 @pytest.mark.parametrize('out_type', ['cls_token', 'featmap'])
 def test_vit(tmp_path, size, out_type):
     run_case(tmp_path, size, family='vit', out_type=out_type, with_cp=size == 4,

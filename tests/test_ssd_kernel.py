@@ -111,6 +111,7 @@ def test_matches_reference_fp64(case):
 
 
 @needs_cpp
+@pytest.mark.sum_order
 @pytest.mark.parametrize('case', CASES[1::2], ids=lambda c: 'b{}l{}h{}p{}g{}n{}'.format(*c[:5], c[5]))
 def test_matches_reference_fp32(case):
     b, l, h, p, g, n, chunk, D, z, dt_bias, init, softplus = case
@@ -122,6 +123,7 @@ def test_matches_reference_fp32(case):
 
 
 @needs_cpp
+@pytest.mark.sum_order
 @pytest.mark.parametrize('b,h,g', [(2, 4, 2), (3, 4, 1)])
 def test_threads_agree(b, h, g):
     """Heads of a group on different threads: their dB/dC are summed from

@@ -2,6 +2,7 @@
 reference, run on CPU by Triton's interpreter (TRITON_INTERPRET=1), which
 executes the same kernels block by block with numpy."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -124,7 +125,9 @@ results['bf16'] = dict(
 
 # Inside a model: Adventurer's mixers (D per head, no z, views of one
 # projection) on the Triton scan and on the PyTorch chunked scan, both in
-# fp32, against the model in fp64.
+# fp32, against the model in fp64. The loss is a fixed linear read-out of
+# the class token: the mean square of a final-normed output is constant up
+# to the norm's eps, and its gradients would be rounding noise alone.
 import copy, os
 os.environ['PATCHSCALE_SCAN_BACKEND'] = 'torch'  # the composable blocks, not the fused CPU ones
 import patchscale_mm.ops.ssd as ssd_mod
@@ -133,12 +136,13 @@ torch.manual_seed(0)
 model = Adventurer(arch=dict(embed_dims=64, num_layers=2, mlp_dims=160), img_size=16,
                    patch_size=4, mixer_cfg=dict(headdim=16, d_state=16, chunk_size=8))
 img = torch.randn(2, 3, 16, 16)
+readout = torch.randn(2, 64)
 
 def model_grads(net, backend, image):
     ssd_mod.resolve_scan_backend = lambda name, x, inputs=(): backend
     net.zero_grad()
     out = net(image)[-1]
-    out.pow(2).mean().backward()
+    (out * readout.to(out.dtype)).sum().backward()
     grads = {n: p.grad.double() for n, p in net.named_parameters() if p.grad is not None}
     return out.detach().double(), grads
 
@@ -195,14 +199,23 @@ def test_triton_scan_keeps_bf16_activations_in_bf16(interpreted):
 
 @needs_interpreter
 def test_adventurer_trains_the_same_on_the_triton_scan(interpreted):
-    """Against the model in fp64, the Triton scan is as accurate as the
-    PyTorch scan, output and every parameter's gradient (both fp32; the
-    model's own fp32 rounding is about 1e-3 of the largest gradient)."""
+    """Against the model in fp64, the output and every parameter's gradient
+    on the Triton scan are within fp32 rounding, as on the PyTorch scan.
+
+    Relative to each tensor's largest entry. A gradient here passes through
+    a few dozen operations whose longest sums run over n = 2 x 17 tokens x
+    160 channels; rounding (u = 2^-24 per operation) grows like u * sqrt(n)
+    over such a sum, and the test allows 4x that (1.8e-5). Both scans land
+    at 1e-6 to 3e-6 on oneMKL's Intel and AMD paths; a wrong term in the
+    scan's backward moves a gradient by O(1). The ratio of the two scans'
+    errors is not asserted: both are rounding noise, whose ratio moves with
+    the order in which the CPU's BLAS sums.
+    """
     result = interpreted['model']
     assert result['names'] and result['count'] > 10
+    tol = 4 * 2.0**-24 * math.sqrt(2 * 17 * 160)
     for name, (triton_err, torch_err) in [('y', result['y']), *result['grads'].items()]:
-        assert triton_err <= 3 * torch_err + 1e-6 and triton_err < 1e-2, (name, triton_err,
-                                                                        torch_err)
+        assert triton_err <= tol and torch_err <= tol, (name, triton_err, torch_err, tol)
 
 
 def _small_inputs(dtype=torch.float32):

@@ -1,0 +1,82 @@
+"""The suite's rounding-sensitive tests hold on both CPU vendors' oneMKL paths.
+
+CI runs on Intel and on AMD machines, and oneMKL picks its fp32 matmul
+kernels by vendor, so every product rounds differently on the two. The suite
+runs on one vendor's path; the tests marked ``sum_order`` (two orders of the
+same fp32 sums: threads, sequence shards, fused against composable) run here
+again on the other's, through ``tools/analysis/mkl_dispatch.py``. A
+tolerance taken from one machine's rounding rather than from the arithmetic
+fails here on whichever machine runs the suite.
+"""
+import importlib.util
+import os
+import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).parents[1]
+
+
+def _load_tool():
+    path = ROOT / 'tools' / 'analysis' / 'mkl_dispatch.py'
+    spec = importlib.util.spec_from_file_location('_tool_mkl_dispatch', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+tool = _load_tool()
+VENDOR, FLAGS = tool.cpu_flags()
+needs_mkl_on_x86 = pytest.mark.skipif(
+    platform.machine() not in ('x86_64', 'AMD64') or not torch.backends.mkl.is_available(),
+    reason="oneMKL's vendor paths exist on x86 builds of torch with MKL")
+needs_avx512 = pytest.mark.skipif(
+    'avx512f' not in FLAGS, reason='without AVX-512 oneMKL takes its AVX2 path on either vendor')
+
+
+def _native_env():
+    return {k: v for k, v in os.environ.items()
+            if k not in ('MKL_ENABLE_INSTRUCTIONS', 'MKL_CBWR')}
+
+
+@needs_mkl_on_x86
+@needs_avx512
+def test_each_mode_rounds_as_its_vendor(tmp_path):
+    """The two modes give different bits for one matmul, and the mode of
+    this machine's vendor gives the bits it gets unaided."""
+    intel, amd = tool.paths_differ(tmp_path)
+    assert intel != amd
+    native = tool.fingerprint(_native_env())
+    if VENDOR == 'GenuineIntel':
+        assert native == intel
+    elif VENDOR == 'AuthenticAMD':
+        assert native == amd
+    else:
+        pytest.skip(f'CPU vendor {VENDOR!r}: neither mode is native')
+
+
+@needs_mkl_on_x86
+@needs_avx512
+def test_sum_order_tests_hold_on_the_other_vendors_path(tmp_path):
+    other = 'amd' if VENDOR == 'GenuineIntel' else 'intel'
+    env = tool.dispatch_env(other, tmp_path, base=_native_env())
+    done = subprocess.run([sys.executable, '-m', 'pytest', '-o', 'addopts=', '-q', '-p',
+                           'no:cacheprovider', '-m', 'sum_order', 'tests'], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=1800)
+    # rc 5 would mean that no test carries the mark.
+    assert done.returncode == 0, f'on the {other} path:\n' + done.stdout[-4000:]
+    assert re.match(r'\d+ passed', done.stdout.splitlines()[-1]), done.stdout[-500:]
+
+
+def test_unknown_mode_and_missing_command_are_one_line_errors(capsys):
+    with pytest.raises(SystemExit, match="unknown mode 'arm'; choose one of intel, amd"):
+        tool.dispatch_env('arm', '.')
+    with pytest.raises(SystemExit):
+        tool.parse_args(['intel'])
+    assert 'give a mode and a command' in capsys.readouterr().err
+    assert tool.parse_args(['amd', '--', 'ls', '-l']).command == ['ls', '-l']
