@@ -1,7 +1,6 @@
 """tools/analysis/browse_dataset.py on the ImageNet, ADE20k and COCO layout
 fixtures: one PNG per sample with the ground truth drawn by the task's own
 visualizer, and one-line errors for configs it cannot browse."""
-import importlib.util
 import json
 import re
 import subprocess
@@ -11,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from tool_scripts import load_tool
 
 from patchscale_mm.fixtures import (make_ade20k_fixture,
                                     make_coco_fixture,
@@ -163,14 +163,6 @@ def test_detection_draws_every_instance(data, tmp_path):
         assert 0.7 < blocks.mean() < 1
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location('browse_dataset',
-                                                  ROOT / TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_phase_without_a_dataloader_is_a_one_line_error(tmp_path):
     out = subprocess.run(
         [sys.executable, TOOL, CONFIGS['seg'], '--output-dir',
@@ -202,7 +194,7 @@ def test_bad_input_stops_before_any_work(monkeypatch, tmp_path, config,
     """In process (the config checks need no downstream import)."""
     monkeypatch.chdir(ROOT)
     with pytest.raises(SystemExit) as exit_info:
-        load_tool().main(
+        load_tool('browse_dataset').main(
             [config, '--output-dir', str(tmp_path / 'out'), *options])
     text = str(exit_info.value.code)
     assert text.startswith('error: ') and '\n' not in text

@@ -1,12 +1,11 @@
 """The analytic cost model against measurements on this machine, mmengine's
 FLOP counter, published FLOPs and the paper's Table 6."""
 import functools
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
+from tool_scripts import load_tool
 
 from patchscale_mm.analysis import cost as cm
 from patchscale_mm.models.zoo import parse_model_name
@@ -23,14 +22,6 @@ ADV_CASES = [
     (32, 2, dict(d_state=16, headdim=16, chunk_size=64, ngroups=2)),
     (16, 1, dict(d_state=16, headdim=16, chunk_size=64)),
 ]
-
-
-def _load_tool(name):
-    path = Path(__file__).parents[1] / 'tools' / 'analysis' / f'{name}.py'
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _use_scan(monkeypatch, backend: str) -> str:
@@ -206,7 +197,7 @@ def test_bad_arguments_raise_one_clear_line():
 
 # -- CLIs ------------------------------------------------------------------------
 def test_estimate_cost_cli_prints_table6_comparison(capsys):
-    assert _load_tool('estimate_cost').main([]) == 0
+    assert load_tool('estimate_cost').main([]) == 0
     out = capsys.readouterr().out
     assert '| 16 | 196 | 63 | 62 | 185 | 35.1 | 41.0 |' in out
     assert '| 1 | 50176 | 16,061 | 16118 |' in out
@@ -214,7 +205,7 @@ def test_estimate_cost_cli_prints_table6_comparison(capsys):
 
 
 def test_get_flops_cli_tables_and_check(capsys, monkeypatch):
-    tool = _load_tool('get_flops')
+    tool = load_tool('get_flops')
     monkeypatch.setattr(tool, 'CHECKS', (('deit', 't', 32, 4),
                                          ('adventurer', 't', 64, 4)))
     assert tool.main(['--img-size', '64', '--patch-sizes', '4', '--check']) == 0

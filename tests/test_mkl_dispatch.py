@@ -8,7 +8,6 @@ again on the other's, through ``tools/analysis/mkl_dispatch.py``. A
 tolerance taken from one machine's rounding rather than from the arithmetic
 fails here on whichever machine runs the suite.
 """
-import importlib.util
 import os
 import platform
 import re
@@ -18,19 +17,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tool_scripts import load_tool
 
 ROOT = Path(__file__).parents[1]
 
 
-def _load_tool():
-    path = ROOT / 'tools' / 'analysis' / 'mkl_dispatch.py'
-    spec = importlib.util.spec_from_file_location('_tool_mkl_dispatch', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
+tool = load_tool('mkl_dispatch')
 VENDOR, FLAGS = tool.cpu_flags()
 needs_mkl_on_x86 = pytest.mark.skipif(
     platform.machine() not in ('x86_64', 'AMD64') or not torch.backends.mkl.is_available(),

@@ -1,14 +1,8 @@
 """Parameter counts against closed forms and the paper's Table 7."""
-import importlib.util
-from pathlib import Path
-
 import pytest
+from tool_scripts import load_tool
 
-spec = importlib.util.spec_from_file_location(
-    'get_params',
-    Path(__file__).parents[1] / 'tools' / 'analysis' / 'get_params.py')
-get_params = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(get_params)
+get_params = load_tool('get_params')
 
 DIMS = dict(t=192, s=384, b=768, l=1024, h=1280)
 DEPTH = dict(t=12, s=12, b=12, l=24, h=32)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tool_scripts import load_tool
 
 from patchscale_mm.ops import ssd_scan, ssd_scan_chunked, ssd_scan_ref
 from patchscale_mm.ops.backend import load_kernels
@@ -621,16 +622,8 @@ def test_cuda_glue_compiles():
 # ---------------------------------------------------------------------------
 # The benchmark and check scripts (tiny settings; speed is not asserted)
 # ---------------------------------------------------------------------------
-def _load_tool(name):
-    path = Path(__file__).parents[1] / 'tools' / 'analysis' / f'{name}.py'
-    spec = importlib.util.spec_from_file_location(f'_tool_{name}', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_check_cuda_scan_without_gpu(monkeypatch):
-    tool = _load_tool('check_cuda_scan')
+    tool = load_tool('check_cuda_scan')
     args = tool.parse_args(['--lengths', '3136', '--no-mamba'])
     assert args.lengths == [3136] and args.no_mamba and args.chunk == 256
     assert tool.parse_args([]).lengths == [3136, 50176]
@@ -653,7 +646,7 @@ def test_check_cuda_scan_without_gpu(monkeypatch):
 
 
 def test_check_cuda_scan_names_profiled_kernels_briefly():
-    kernel_name = _load_tool('check_cuda_scan').kernel_name
+    kernel_name = load_tool('check_cuda_scan').kernel_name
     assert kernel_name('void patchscale_ssd_cuda::(anonymous namespace)::bwd_chunk_kernel'
                        '<float, 8>(patchscale_ssd_cuda::Params, int, int, int)') == 'bwd_chunk_kernel'
     assert kernel_name('void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, '
@@ -666,7 +659,7 @@ def test_check_cuda_scan_takes_mamba_ssm_kernels_from_a_source_tree(
         tmp_path, monkeypatch):
     """--mamba-ssm-src: the SSD module imports from an unpacked tree without
     running the package __init__ (which needs mamba-ssm's CUDA builds)."""
-    tool = _load_tool('check_cuda_scan')
+    tool = load_tool('check_cuda_scan')
     with pytest.raises(SystemExit) as e:
         tool.load_mamba_ssm_source(tmp_path)
     assert 'not an unpacked mamba-ssm source tree' in str(e.value.code)
@@ -695,7 +688,7 @@ def test_check_cuda_scan_takes_mamba_ssm_kernels_from_a_source_tree(
 
 @needs_cpp
 def test_benchmark_scan_smoke(capsys, monkeypatch):
-    tool = _load_tool('benchmark_scan')
+    tool = load_tool('benchmark_scan')
     monkeypatch.setattr(tool.gc, 'collect', lambda: 0)  # slow with pytest's many objects
     small = ['--heads', '2', '--headdim', '8', '--dstate', '8', '--chunk', '8', '--threads', '1']
     # One memory probe, in this process (main runs each in a subprocess).
@@ -710,7 +703,7 @@ def test_benchmark_scan_smoke(capsys, monkeypatch):
 
 
 def test_benchmark_backbones_smoke(capsys, monkeypatch):
-    tool = _load_tool('benchmark_backbones')
+    tool = load_tool('benchmark_backbones')
     monkeypatch.setattr(tool.gc, 'collect', lambda: 0)
     # One measurement, in this process (main runs each in a subprocess).
     tool.main(['--probe', 'Adventurer', '8', '1', '--arch', 't', '--img-size', '32',
@@ -728,7 +721,7 @@ def test_benchmark_backbones_smoke(capsys, monkeypatch):
 
 
 def test_benchmark_backbones_profile_takes_a_step_apart(capsys, monkeypatch):
-    tool = _load_tool('benchmark_backbones')
+    tool = load_tool('benchmark_backbones')
     monkeypatch.setattr(tool.gc, 'collect', lambda: 0)
     steps = {}
     for name in ('Adventurer', 'DeiT (PatchViT)'):
@@ -757,7 +750,7 @@ def test_benchmark_backbones_profile_takes_a_step_apart(capsys, monkeypatch):
 @pytest.mark.skipif(shutil.which('llvm-mca') is None or shutil.which('g++') is None,
                     reason='needs llvm-mca and g++')
 def test_kernel_pipeline_finds_every_hot_loop(capsys):
-    tool = _load_tool('kernel_pipeline')
+    tool = load_tool('kernel_pipeline')
     tool.main(['--cpus', 'skylake-avx512'])
     rows = [line.split(' | ') for line in capsys.readouterr().out.splitlines()
             if line.startswith('| fwd_kernel') or line.startswith('| bwd_kernel')]
@@ -778,7 +771,7 @@ def test_check_cuda_scan_overflow_section_compares_every_sample(monkeypatch):
     """The overflow check's bookkeeping (views of one projection, a reference
     per sample, dA/dD/ddt_bias summed over samples), run on CPU with the C++
     kernel at a small shape; a wrong dA must fail it."""
-    tool = _load_tool('check_cuda_scan')
+    tool = load_tool('check_cuda_scan')
     cfg = dict(d_inner=12, heads=3, headdim=4, d_state=5)
     report = tool.Report()
     tool.check_overflow(report, 8, ['cpp'], batch=3, seqlen=20, cfg=cfg, device='cpu')

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from tool_scripts import load_tool
 
 from patchscale_mm.ops import ssd_scan
 from patchscale_mm.ops.ssd_triton import ssd_scan_triton, triton_available
@@ -256,12 +257,7 @@ def test_triton_backend_needs_cuda_tensors():
 def test_triton_resources_reads_registers_and_spills_of_a_compiled_kernel(capsys):
     """tools/analysis/triton_resources.py compiles for sm_90 here (no GPU)
     and reads ptxas's resource use back from the cubin."""
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).parents[1] / 'tools' / 'analysis' / 'triton_resources.py'
-    spec = importlib.util.spec_from_file_location('_tool_triton_resources', path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool('triton_resources')
     if tool.find_cuobjdump() is None:
         pytest.skip("no cuobjdump in Triton's NVIDIA backend")
     with pytest.raises(SystemExit):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from processes import HAS_PROC, children, still_running_after
+from tool_scripts import load_tool
 
 from patchscale_mm.sweep.clock import CLOCK_FILE, read_clock, seconds_before
 from patchscale_mm.sweep.overrides import run_config
@@ -250,11 +251,7 @@ def test_two_patch_sizes_are_points_not_a_law(tmp_path):
 
 def test_fit_scaling_law_cli_lists_a_two_point_group_without_r2(
         tmp_path, capsys):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        'fit_scaling_law', ROOT / 'tools/analysis/fit_scaling_law.py')
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_tool('fit_scaling_law')
     path = tmp_path / 'results.json'
     path.write_text(json.dumps(_synthetic_records([8, 4]) +
                                _synthetic_records([8, 4, 2], 'adventurer')))
