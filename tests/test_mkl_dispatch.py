@@ -20,8 +20,6 @@ import torch
 from tool_scripts import load_tool
 
 ROOT = Path(__file__).parents[1]
-
-
 tool = load_tool('mkl_dispatch')
 VENDOR, FLAGS = tool.cpu_flags()
 needs_mkl_on_x86 = pytest.mark.skipif(
