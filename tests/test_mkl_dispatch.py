@@ -25,6 +25,9 @@ VENDOR, FLAGS = tool.cpu_flags()
 needs_mkl_on_x86 = pytest.mark.skipif(
     platform.machine() not in ('x86_64', 'AMD64') or not torch.backends.mkl.is_available(),
     reason="oneMKL's vendor paths exist on x86 builds of torch with MKL")
+needs_vendor_check = pytest.mark.skipif(
+    VENDOR != 'GenuineIntel' and not tool.vendor_check_exported(),
+    reason="this torch does not export oneMKL's vendor check: no Intel path on this CPU")
 needs_avx512 = pytest.mark.skipif(
     'avx512f' not in FLAGS, reason='without AVX-512 oneMKL takes its AVX2 path on either vendor')
 
@@ -35,6 +38,7 @@ def _native_env():
 
 
 @needs_mkl_on_x86
+@needs_vendor_check
 @needs_avx512
 def test_each_mode_rounds_as_its_vendor(tmp_path):
     """The two modes give different bits for one matmul, and the mode of
@@ -51,6 +55,7 @@ def test_each_mode_rounds_as_its_vendor(tmp_path):
 
 
 @needs_mkl_on_x86
+@needs_vendor_check
 @needs_avx512
 def test_sum_order_tests_hold_on_the_other_vendors_path(tmp_path):
     other = 'amd' if VENDOR == 'GenuineIntel' else 'intel'

@@ -59,6 +59,28 @@ def cpu_flags():
     return vendor, flags
 
 
+def vendor_check_exported():
+    """Whether a library torch has loaded exports oneMKL's vendor check, so
+    that a preloaded one can answer it (torch's wheels link oneMKL into
+    libtorch_cpu and export it; other builds load libmkl_* instead)."""
+    import ctypes
+
+    import torch  # noqa: F401  (loads the libraries searched below)
+    maps = Path('/proc/self/maps')
+    if not maps.exists():
+        return False
+    libs = {line.split()[-1] for line in maps.read_text().splitlines()
+            if line.endswith('.so') or '.so.' in line}
+    for lib in sorted(libs):
+        if 'mkl' in Path(lib).name or 'torch_cpu' in Path(lib).name:
+            try:
+                if hasattr(ctypes.CDLL(lib), 'mkl_serv_intel_cpu_true'):
+                    return True
+            except OSError:
+                continue
+    return False
+
+
 def build_vendor_check(out_dir):
     """Compiles the shared library that answers oneMKL's vendor check with Intel."""
     cc = os.environ.get('CC') or shutil.which('cc') or shutil.which('gcc')
@@ -139,6 +161,9 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     vendor, flags = cpu_flags()
+    if vendor != 'GenuineIntel' and not vendor_check_exported():
+        raise SystemExit("mkl_dispatch: no library of this torch exports oneMKL's vendor check "
+                         '(mkl_serv_intel_cpu_true), so its intel mode cannot work here')
     with tempfile.TemporaryDirectory(prefix='mkl_dispatch_') as work_dir:
         intel, amd = paths_differ(work_dir)
         if args.check:
