@@ -68,9 +68,12 @@ def test_sum_order_tests_hold_on_the_other_vendors_path(tmp_path):
     assert re.match(r'\d+ passed', done.stdout.splitlines()[-1]), done.stdout[-500:]
 
 
-def test_unknown_mode_and_missing_command_are_one_line_errors(capsys):
+def test_bad_mode_command_or_compiler_are_one_line_errors(capsys, monkeypatch, tmp_path):
     with pytest.raises(SystemExit, match="unknown mode 'arm'; choose one of intel, amd"):
         tool.dispatch_env('arm', '.')
+    monkeypatch.setenv('CC', 'false')
+    with pytest.raises(SystemExit, match='^mkl_dispatch: false could not build the vendor check'):
+        tool.build_vendor_check(tmp_path)
     with pytest.raises(SystemExit):
         tool.parse_args(['intel'])
     assert 'give a mode and a command' in capsys.readouterr().err

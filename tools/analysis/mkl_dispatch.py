@@ -44,6 +44,12 @@ FINGERPRINT = ('import hashlib, torch\n'
                'print(hashlib.sha1((a @ b).numpy().tobytes()).hexdigest())\n')
 
 
+def last_line(text):
+    """A child's error in one line: the last line of its output."""
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else '(no output)'
+
+
 def cpu_flags():
     """The CPU's vendor id and feature flags, from /proc/cpuinfo (Linux)."""
     vendor, flags = '', set()
@@ -92,7 +98,7 @@ def build_vendor_check(out_dir):
                           capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f'mkl_dispatch: {cc} could not build the vendor check: '
-                         f'{done.stderr.strip().splitlines()[-1:]}')
+                         f'{last_line(done.stderr)}')
     return lib
 
 
@@ -122,8 +128,7 @@ def fingerprint(env):
     done = subprocess.run([sys.executable, '-c', FINGERPRINT], env=env,
                           capture_output=True, text=True)
     if done.returncode != 0:
-        raise SystemExit(f'mkl_dispatch: the fingerprint matmul failed: '
-                         f'{done.stderr.strip().splitlines()[-1:]}')
+        raise SystemExit(f'mkl_dispatch: the fingerprint matmul failed: {last_line(done.stderr)}')
     return done.stdout.strip()
 
 
