@@ -8,7 +8,6 @@ again on the other's, through ``tools/analysis/mkl_dispatch.py``. A
 tolerance taken from one machine's rounding rather than from the arithmetic
 fails here on whichever machine runs the suite.
 """
-import os
 import platform
 import re
 import subprocess
@@ -32,11 +31,6 @@ needs_avx512 = pytest.mark.skipif(
     'avx512f' not in FLAGS, reason='without AVX-512 oneMKL takes its AVX2 path on either vendor')
 
 
-def _native_env():
-    return {k: v for k, v in os.environ.items()
-            if k not in ('MKL_ENABLE_INSTRUCTIONS', 'MKL_CBWR')}
-
-
 @needs_mkl_on_x86
 @needs_vendor_check
 @needs_avx512
@@ -45,7 +39,7 @@ def test_each_mode_rounds_as_its_vendor(tmp_path):
     this machine's vendor gives the bits it gets unaided."""
     intel, amd = tool.paths_differ(tmp_path)
     assert intel != amd
-    native = tool.fingerprint(_native_env())
+    native = tool.fingerprint(tool.neutral_env())
     if VENDOR == 'GenuineIntel':
         assert native == intel
     elif VENDOR == 'AuthenticAMD':
@@ -59,7 +53,7 @@ def test_each_mode_rounds_as_its_vendor(tmp_path):
 @needs_avx512
 def test_sum_order_tests_hold_on_the_other_vendors_path(tmp_path):
     other = 'amd' if VENDOR == 'GenuineIntel' else 'intel'
-    env = tool.dispatch_env(other, tmp_path, base=_native_env())
+    env = tool.dispatch_env(other, tmp_path)
     done = subprocess.run([sys.executable, '-m', 'pytest', '-o', 'addopts=', '-q', '-p',
                            'no:cacheprovider', '-m', 'sum_order', 'tests'], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=1800)

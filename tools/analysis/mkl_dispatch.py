@@ -26,6 +26,7 @@ lacks (AMX on AMD) cannot be had. Needs a C compiler (``$CC`` or ``cc``) for
 ``intel`` on a non-Intel CPU.
 """
 import argparse
+import functools
 import os
 import shutil
 import subprocess
@@ -34,6 +35,8 @@ import tempfile
 from pathlib import Path
 
 MODES = ('intel', 'amd')
+# Settings that fix oneMKL's choice and would override either mode.
+MKL_CHOICE_VARS = ('MKL_ENABLE_INSTRUCTIONS', 'MKL_CBWR')
 VENDOR_CHECK_SOURCE = 'int mkl_serv_intel_cpu_true(void) { return 1; }\n'
 # One fp32 matmul whose bits tell oneMKL's paths apart: inner size not a
 # multiple of any kernel's unroll, one thread so the split is fixed.
@@ -50,16 +53,17 @@ def last_line(text):
     return lines[-1] if lines else '(no output)'
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_flags():
     """The CPU's vendor id and feature flags, from /proc/cpuinfo (Linux)."""
-    vendor, flags = '', set()
+    vendor, flags = '', frozenset()
     try:
         for line in Path('/proc/cpuinfo').read_text().splitlines():
             key, _, value = line.partition(':')
             if key.strip() == 'vendor_id' and not vendor:
                 vendor = value.strip()
             elif key.strip() == 'flags' and not flags:
-                flags = set(value.split())
+                flags = frozenset(value.split())
     except OSError:
         pass
     return vendor, flags
@@ -93,6 +97,8 @@ def build_vendor_check(out_dir):
     if not cc:
         raise SystemExit('mkl_dispatch intel needs a C compiler: set $CC or install cc/gcc')
     src, lib = Path(out_dir) / 'mkl_intel_cpu.c', Path(out_dir) / 'libmkl_intel_cpu.so'
+    if lib.exists():  # built for an earlier child of the same run
+        return lib
     src.write_text(VENDOR_CHECK_SOURCE)
     done = subprocess.run([cc, '-shared', '-fPIC', '-O2', '-o', str(lib), str(src)],
                           capture_output=True, text=True)
@@ -100,6 +106,15 @@ def build_vendor_check(out_dir):
         raise SystemExit(f'mkl_dispatch: {cc} could not build the vendor check: '
                          f'{last_line(done.stderr)}')
     return lib
+
+
+def neutral_env(base=None):
+    """``base`` (default: this process's environment) without the settings
+    that fix oneMKL's choice: oneMKL then takes this machine's own path."""
+    env = dict(os.environ if base is None else base)
+    for name in MKL_CHOICE_VARS:
+        env.pop(name, None)
+    return env
 
 
 def dispatch_env(mode, work_dir, base=None):
@@ -110,9 +125,7 @@ def dispatch_env(mode, work_dir, base=None):
     """
     if mode not in MODES:
         raise SystemExit(f'mkl_dispatch: unknown mode {mode!r}; choose one of {", ".join(MODES)}')
-    env = dict(os.environ if base is None else base)
-    env.pop('MKL_ENABLE_INSTRUCTIONS', None)
-    env.pop('MKL_CBWR', None)  # a fixed CNR branch would override both modes
+    env = neutral_env(base)
     if mode == 'amd':
         env['MKL_ENABLE_INSTRUCTIONS'] = 'AVX2'
     elif cpu_flags()[0] != 'GenuineIntel':
