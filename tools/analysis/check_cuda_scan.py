@@ -164,11 +164,19 @@ def synchronize():
         torch.cuda.synchronize()
 
 
+def backend_and_precision(impl):
+    """The scan backend an implementation's name runs and, for the Triton
+    scan, its precision: 'triton_tf32' -> ('triton', 'tf32')."""
+    if impl.startswith('triton'):
+        return 'triton', impl.partition('_')[2] or 'ieee'
+    return impl, None
+
+
 def scan_fn(impl, chunk):
     if impl == 'chunked':
         return lambda **kw: ssd_scan_chunked(**kw, chunk_size=chunk)
-    if impl.startswith('triton'):
-        precision = impl.partition('_')[2] or 'ieee'  # triton_tf32 -> 'tf32'
+    backend, precision = backend_and_precision(impl)
+    if backend == 'triton':
         return lambda **kw: ssd_scan_triton(**kw, chunk_size=chunk, precision=precision)
     return lambda **kw: ssd_scan(**kw, chunk_size=chunk, backend=impl)
 
@@ -457,13 +465,6 @@ def check_overflow(report, chunk, impls, batch=16, seqlen=50178, cfg=ADV_B, devi
         del got
 
 
-# What the model's ssd_scan calls run for each implementation: the backend
-# and the Triton precision, through the environment that ssd_scan reads.
-STEP_ENV = {'cuda': ('cuda', None), 'triton': ('triton', 'ieee'),
-            'triton_tf32': ('triton', 'tf32'), 'triton_tf32x3': ('triton', 'tf32x3'),
-            'mamba_ssm': ('mamba_ssm', None)}
-
-
 def time_training_step(report, impls, arch='b', img=224, patch=1, batch=1, repeats=3):
     """One training step of Adventurer (bf16 autocast, activation
     checkpointing) with each scan: median time of ``repeats`` after one
@@ -487,7 +488,9 @@ def time_training_step(report, impls, arch='b', img=224, patch=1, batch=1, repea
     saved = {k: os.environ.get(k) for k in (BACKEND_ENV, PRECISION_ENV)}
     try:
         for impl in impls:
-            backend, precision = STEP_ENV.get(impl, (impl, None))
+            # The model's ssd_scan calls read the backend and precision from
+            # the environment.
+            backend, precision = backend_and_precision(impl)
             os.environ[BACKEND_ENV] = backend
             os.environ.pop(PRECISION_ENV, None)
             if precision:
